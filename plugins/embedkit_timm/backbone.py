@@ -1,0 +1,130 @@
+"""TimmBackbone: pooled pre-logits or multi-scale pooled intermediate features of a timm model."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import timm
+import torch
+from PIL import Image
+
+from embedkit.backbone import Backbone, BackboneInfo
+from embedkit.errors import BackboneError, BackboneNotFound
+from embedkit_timm.weights import load_weights
+
+
+@lru_cache(maxsize=1)
+def _all_model_names() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def close_model_names(name: str) -> list[str]:
+    """timm model names that look like ``name``."""
+    return difflib.get_close_matches(name, _all_model_names(), n=5, cutoff=0.6)
+
+
+class TimmBackbone(Backbone):
+    """A timm model as an encoder.
+
+    Args:
+        model_name: any name from ``timm.list_models()``, e.g. ``resnet50``.
+        pretrained: fetch timm's pretrained weights through the Hugging Face hub.
+        weights: a local ``.safetensors`` / ``.pth`` file to load instead.
+        layers: feature stages to global-average-pool and concatenate (indices into
+            ``model.feature_info``, negative counts from the end); ``None`` uses the
+            pooled pre-logits of the classifier head.
+        device: ``cpu``, ``cuda``, ``mps``; default picks the best available.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool = True,
+        weights: str | Path | None = None,
+        layers: Sequence[int] | int | None = None,
+        device: str | None = None,
+        autocast: bool = True,
+    ):
+        super().__init__(device=device, autocast=autocast)
+        if not timm.is_model(model_name):
+            close = close_model_names(model_name)
+            hint = f"did you mean: {', '.join('timm/' + c for c in close)}? " if close else ""
+            raise BackboneNotFound(
+                f"unknown timm model {model_name!r}; {hint}see timm.list_models() for every name"
+            )
+        self.model_name = model_name
+        self.weights = str(Path(weights).resolve()) if weights is not None else None
+        self.pretrained = bool(pretrained) and self.weights is None
+        self.model = self._create()
+        if self.weights is not None:
+            load_weights(self.model, self.weights, model_name)
+        self.model.eval()
+        self.layers = self._check_layers(layers)
+        channels = [info["num_chs"] for info in self.model.feature_info]
+        if self.layers is None:
+            dim = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+        else:
+            dim = sum(channels[i] for i in self.layers)
+        self._info = BackboneInfo(
+            name=f"timm/{model_name}",
+            dim=int(dim),
+            config={
+                "pretrained": self.pretrained,
+                "weights": self.weights,
+                "layers": list(self.layers) if self.layers is not None else None,
+            },
+        )
+        data_config = timm.data.resolve_model_data_config(self.model)
+        self.transform = timm.data.create_transform(**data_config, is_training=False)
+
+    def _create(self) -> torch.nn.Module:
+        try:
+            return timm.create_model(self.model_name, pretrained=self.pretrained)
+        except Exception as exc:
+            if not self.pretrained:
+                raise BackboneError(f"timm could not build {self.model_name!r}: {exc}") from exc
+            raise BackboneError(
+                f"could not fetch pretrained weights for timm/{self.model_name} "
+                f"({type(exc).__name__}); without network access pass weights=FILE "
+                "(a local .safetensors/.pth) or pretrained=False"
+            ) from exc
+
+    def _check_layers(self, layers: Sequence[int] | int | None) -> tuple[int, ...] | None:
+        if layers is None:
+            return None
+        if isinstance(layers, str):
+            layers = [part for part in layers.split(",") if part.strip()]
+        elif isinstance(layers, int):
+            layers = [layers]
+        n = len(self.model.feature_info)
+        valid = f"valid: 0..{n - 1} or -{n}..-1 (stages of {self.model_name})"
+        chosen = []
+        for raw in layers:
+            try:
+                index = int(raw)
+            except (TypeError, ValueError):
+                raise BackboneError(f"layers= entry {raw!r} is not an integer; {valid}") from None
+            if not -n <= index < n:
+                raise BackboneError(f"layers= index {index} is out of range; {valid}")
+            chosen.append(index % n)
+        if not chosen:
+            raise BackboneError(f"layers= is empty; {valid}")
+        return tuple(sorted(set(chosen)))
+
+    @property
+    def info(self) -> BackboneInfo:
+        return self._info
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image.convert("RGB"))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.layers is None:
+            return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+        feats = self.model.forward_intermediates(
+            batch, indices=list(self.layers), intermediates_only=True
+        )
+        return torch.cat([f.float().mean(dim=(2, 3)) for f in feats], dim=1)

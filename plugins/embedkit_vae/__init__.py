@@ -1,0 +1,1 @@
+"""embedkit plugin: convolutional autoencoders and VAEs trained by embedkit (``ae:``/``vae:``)."""
