@@ -70,6 +70,9 @@ def reset_plugins() -> None:
 def broken_plugins() -> dict[str, str]:
     """Plugins that failed to load or run a hook: ``{plugin name: error}``."""
     get_plugin_manager()
+    from embedkit import registry
+
+    registry.list_backbones()  # runs register_backbones, recording plugins whose hook fails
     return dict(_state["broken"])
 
 

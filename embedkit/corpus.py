@@ -1,0 +1,201 @@
+"""The built-in labeled corpus: procedurally drawn shapes with known attributes.
+
+``make_shapes(out)`` draws ``n`` RGB PNGs (a circle, square or triangle of one
+palette colour, small or large, filled or outlined, somewhere on a dark noisy
+background) under ``out/images/`` and writes ``out/labels.parquet`` with one row
+per image: ``id, path, shape, color, size, scale, x, y, filled``. The same seed
+gives the same images and labels; re-running on a complete folder returns at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, ImageDraw
+
+from embedkit.errors import InputError
+
+__all__ = [
+    "COLORS",
+    "SHAPES",
+    "SIZES",
+    "load_images",
+    "make_shapes",
+    "read_labels",
+]
+
+SHAPES = ("circle", "square", "triangle")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (240, 220, 40),
+    "magenta": (220, 50, 220),
+    "cyan": (40, 210, 220),
+}
+# Shape "radius" (centre to corner / edge) as a fraction of the image side.
+SIZES: dict[str, tuple[float, float]] = {"small": (0.14, 0.19), "large": (0.25, 0.32)}
+BACKGROUND = (28, 28, 32)
+NOISE_STD = 4.0
+SUPERSAMPLE = 4
+LABELS = "labels.parquet"
+META_KEY = b"embedkit.corpus"
+VERSION = 1
+
+
+def make_shapes(out_dir: str | Path, n: int = 5000, size: int = 64, seed: int = 0) -> Path:
+    """Draw the shapes corpus into ``out_dir`` and return the path of its labels.parquet.
+
+    Args:
+        out_dir: folder to write ``images/NNNNN.png`` and ``labels.parquet`` into.
+        n: number of images.
+        size: image side in pixels (square RGB images).
+        seed: the same seed gives byte-identical images and identical labels.
+    """
+    if n < 1 or size < 16:
+        raise InputError(f"make_shapes needs n >= 1 and size >= 16 (got n={n}, size={size})")
+    out = Path(out_dir)
+    labels_path = out / LABELS
+    params = {"kind": "shapes", "n": int(n), "size": int(size), "seed": int(seed)}
+    params["version"] = VERSION
+    if _is_complete(out, labels_path, params):
+        return labels_path
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    labels_path.unlink(missing_ok=True)  # an interrupted rerun must not look complete
+    labels = _sample_labels(n, seed)
+    for row in labels.itertuples(index=False):
+        image = _draw(row, size, seed)
+        _save_png_atomic(image, out / row.path)
+    table = pa.Table.from_pandas(labels, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), META_KEY: json.dumps(params).encode()}
+    )
+    tmp = labels_path.with_name(f".{LABELS}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, labels_path)
+    return labels_path
+
+
+def _is_complete(out: Path, labels_path: Path, params: dict) -> bool:
+    if not labels_path.is_file():
+        return False
+    try:
+        meta = pq.read_schema(labels_path).metadata or {}
+        stored = json.loads(meta.get(META_KEY, b"{}"))
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    if stored != params:
+        return False
+    return all((out / "images" / f"{i:05d}.png").is_file() for i in range(params["n"]))
+
+
+def _sample_labels(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    shape = rng.integers(0, len(SHAPES), n)
+    color = rng.integers(0, len(COLORS), n)
+    large = rng.random(n) < 0.5
+    filled = rng.random(n) < 0.5
+    lo = np.where(large, SIZES["large"][0], SIZES["small"][0])
+    hi = np.where(large, SIZES["large"][1], SIZES["small"][1])
+    scale = lo + (hi - lo) * rng.random(n)
+    margin = scale + 0.03  # keep the whole shape (and its outline) inside the frame
+    x = margin + (1 - 2 * margin) * rng.random(n)
+    y = margin + (1 - 2 * margin) * rng.random(n)
+    return pd.DataFrame(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "path": [f"images/{i:05d}.png" for i in range(n)],
+            "shape": np.array(SHAPES)[shape],
+            "color": np.array(list(COLORS))[color],
+            "size": np.where(large, "large", "small"),
+            "scale": scale.round(4),
+            "x": x.round(4),
+            "y": y.round(4),
+            "filled": filled,
+        }
+    )
+
+
+def _draw(row, size: int, seed: int) -> Image.Image:
+    """Draw one labelled shape, supersampled then downscaled for smooth edges."""
+    big = size * SUPERSAMPLE
+    canvas = Image.new("RGB", (big, big), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    cx, cy, r = row.x * big, row.y * big, row.scale * big
+    fill = COLORS[row.color] if row.filled else None
+    width = 0 if row.filled else max(SUPERSAMPLE, round(0.06 * big))
+    outline = COLORS[row.color]
+    if row.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)
+    elif row.shape == "square":
+        h = 0.8 * r  # half side: a square about as big as the circle of radius r
+        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill, outline=outline, width=width)
+    else:
+        points = [
+            (cx + r * np.cos(a), cy - r * np.sin(a)) for a in np.deg2rad([90.0, 210.0, 330.0])
+        ]
+        draw.polygon(points, fill=fill, outline=outline, width=width)
+    small = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
+    noise = np.random.default_rng([seed, int(row.id)]).normal(0.0, NOISE_STD, small.shape)
+    return Image.fromarray(np.clip(small + noise, 0, 255).round().astype(np.uint8))
+
+
+def _save_png_atomic(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def read_labels(root: str | Path) -> pd.DataFrame:
+    """Read ``root/labels.parquet`` (as written by :func:`make_shapes`)."""
+    path = Path(root)
+    path = path if path.suffix == ".parquet" else path / LABELS
+    if not path.is_file():
+        raise InputError(
+            f"{path} does not exist; create the corpus with `embedkit corpus shapes {path.parent}`"
+        )
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputError(
+            f"{path} is not a readable parquet file ({type(exc).__name__}); delete it and rerun "
+            "`embedkit corpus shapes`"
+        ) from exc
+
+
+def load_images(paths: Sequence[str | Path], size: int | None = None) -> torch.Tensor:
+    """Decode images once into a ``uint8`` tensor ``[N, 3, S, S]`` (resized to ``size``)."""
+    if not paths:
+        raise InputError("load_images got no image paths")
+    first = _open_rgb(paths[0], size)
+    height, width = first.shape[:2]
+    out = np.empty((len(paths), height, width, 3), dtype=np.uint8)
+    out[0] = first
+    for i, path in enumerate(paths[1:], start=1):
+        array = _open_rgb(path, size)
+        if array.shape != out.shape[1:]:
+            raise InputError(
+                f"image {path} is {array.shape[1]}x{array.shape[0]}, others are "
+                f"{width}x{height}; pass size= to resize them all"
+            )
+        out[i] = array
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _open_rgb(path: str | Path, size: int | None) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
