@@ -1,0 +1,341 @@
+"""Latent arithmetic: centroids, attribute vectors, z + alpha*v, analogies, lerp/slerp."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from embedkit.backbone import BackboneInfo
+from embedkit.errors import InputError
+from embedkit.labels import JoinReport, labeled
+from embedkit.store import LatentDataset, open_latents
+
+__all__ = [
+    "AttributeVector",
+    "analogy",
+    "apply_vector",
+    "attribute_vector",
+    "attribute_vectors",
+    "auc",
+    "centroids",
+    "cohens_d",
+    "interpolate",
+    "lerp",
+    "slerp",
+    "vectors_for_ids",
+]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def centroids(
+    latents: str | Path | LatentDataset,
+    by: str,
+    labels: str | Path | pd.DataFrame | None = None,
+    normalize: bool = False,
+    id_column: str = "id",
+) -> pd.DataFrame:
+    """Mean latent per value of column ``by``: DataFrame ``label, n, centroid``.
+
+    Example:
+        >>> centroids("latents/", by="color")   # one row per colour
+    """
+    data = labeled(latents, [by], labels, id_column)
+    vectors = _unit(data.vectors) if normalize else data.vectors
+    codes, uniques = pd.factorize(data.labels[by], sort=True)
+    sums = np.zeros((len(uniques), vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, codes, vectors)
+    counts = np.bincount(codes, minlength=len(uniques))
+    means = (sums / counts[:, None]).astype(np.float32)
+    return pd.DataFrame({"label": list(uniques), "n": counts, "centroid": list(means)})
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Probability a positive scores above a negative (Mann-Whitney; ties count half)."""
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    ranks = pd.Series(np.concatenate([positive, negative])).rank().to_numpy()
+    rank_sum = ranks[: len(positive)].sum()
+    return float(
+        (rank_sum - len(positive) * (len(positive) + 1) / 2) / (len(positive) * len(negative))
+    )
+
+
+def cohens_d(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Standardized mean difference with a pooled standard deviation."""
+    if len(positive) < 2 or len(negative) < 2:
+        return float("nan")
+    pooled = np.sqrt(
+        ((len(positive) - 1) * positive.var(ddof=1) + (len(negative) - 1) * negative.var(ddof=1))
+        / (len(positive) + len(negative) - 2)
+    )
+    return float((positive.mean() - negative.mean()) / max(pooled, 1e-12))
+
+
+@dataclass(frozen=True)
+class AttributeVector:
+    """``centroid(positive) - centroid(negative)`` with how well it separates the classes.
+
+    ``auc`` and ``cohens_d`` score the projection onto a vector fitted without the
+    held-out rows, on those held-out rows, so they are honest estimates.
+    """
+
+    name: str
+    vector: np.ndarray
+    backbone: BackboneInfo
+    column: str
+    positive: str
+    negative: str
+    n_positive: int
+    n_negative: int
+    auc: float
+    cohens_d: float
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.vector))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "column": self.column,
+            "positive": self.positive,
+            "negative": self.negative,
+            "n_positive": self.n_positive,
+            "n_negative": self.n_negative,
+            "norm": round(self.norm, 6),
+            "auc": self.auc,
+            "cohens_d": self.cohens_d,
+        }
+
+
+def _as_mask(values: pd.Series, wanted: Any) -> np.ndarray:
+    if isinstance(wanted, (list, tuple, set)):
+        return values.isin(list(wanted)).to_numpy()
+    return (values == wanted).to_numpy()
+
+
+def _split(n: int, holdout: float, seed: int) -> np.ndarray:
+    test = np.zeros(n, dtype=bool)
+    test[np.random.default_rng(seed).permutation(n)[: round(n * holdout)]] = True
+    return test
+
+
+def _fit(
+    vectors: np.ndarray, pos: np.ndarray, neg: np.ndarray, holdout: float, seed: int
+) -> tuple[np.ndarray, float, float]:
+    test = _split(len(vectors), holdout, seed)
+    train_pos, train_neg = pos & ~test, neg & ~test
+    if (
+        holdout > 0
+        and train_pos.any()
+        and train_neg.any()
+        and (pos & test).any()
+        and (neg & test).any()
+    ):
+        v = vectors[train_pos].mean(0) - vectors[train_neg].mean(0)
+        proj_pos, proj_neg = vectors[pos & test] @ v, vectors[neg & test] @ v
+    else:  # too few rows to hold any out: score in-sample
+        v = vectors[pos].mean(0) - vectors[neg].mean(0)
+        proj_pos, proj_neg = vectors[pos] @ v, vectors[neg] @ v
+    full = (vectors[pos].mean(0) - vectors[neg].mean(0)).astype(np.float32)
+    return full, auc(proj_pos, proj_neg), cohens_d(proj_pos, proj_neg)
+
+
+def attribute_vector(
+    latents: str | Path | LatentDataset,
+    column: str,
+    positive: Any = True,
+    negative: Any = None,
+    labels: str | Path | pd.DataFrame | None = None,
+    id_column: str = "id",
+    holdout: float = 0.2,
+    seed: int = 0,
+    name: str | None = None,
+) -> AttributeVector:
+    """The attribute vector for ``column``: mean of ``positive`` rows minus mean of the rest.
+
+    Args:
+        column: a label column carried in the latents or present in ``labels``.
+        positive: the value (or list of values) that has the attribute; default ``True``.
+        negative: the value(s) that lack it; default every other value.
+        labels: a Parquet/CSV table or DataFrame joined on ``id_column``.
+        holdout: fraction of rows held out to score the vector (AUC, Cohen's d).
+
+    Example:
+        >>> v = attribute_vector("latents/", "smiling")
+        >>> v.auc, v.n_positive, v.norm
+    """
+    data = labeled(latents, [column], labels, id_column)
+    return _attribute(
+        data.vectors,
+        data.labels[column],
+        data.dataset.backbone,
+        column,
+        positive,
+        negative,
+        holdout,
+        seed,
+        name,
+    )
+
+
+def _attribute(
+    vectors: np.ndarray,
+    values: pd.Series,
+    backbone: BackboneInfo,
+    column: str,
+    positive: Any,
+    negative: Any,
+    holdout: float,
+    seed: int,
+    name: str | None,
+) -> AttributeVector:
+    pos = _as_mask(values, positive)
+    neg = ~pos if negative is None else _as_mask(values, negative) & ~pos
+    if not pos.any() or not neg.any():
+        raise InputError(
+            f"column {column!r}: {int(pos.sum())} rows equal {positive!r} and "
+            f"{int(neg.sum())} rows are negatives; both sides need rows "
+            f"(values seen: {', '.join(map(str, values.unique()[:10]))})"
+        )
+    vector, score, d = _fit(vectors, pos, neg, holdout, seed)
+    negative_name = "rest" if negative is None else str(negative)
+    default = column if positive is True and negative is None else f"{column}={positive}"
+    return AttributeVector(
+        name or default,
+        vector,
+        backbone,
+        column,
+        str(positive),
+        negative_name,
+        int(pos.sum()),
+        int(neg.sum()),
+        score,
+        d,
+    )
+
+
+def attribute_vectors(
+    latents: str | Path | LatentDataset,
+    columns: Sequence[str],
+    labels: str | Path | pd.DataFrame | None = None,
+    id_column: str = "id",
+    holdout: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[AttributeVector], JoinReport]:
+    """Attribute vectors for many columns at once: a boolean column gives one vector
+    (True vs False); any other column gives one per value (value vs the rest)."""
+    data = labeled(latents, list(columns), labels, id_column, dropna=False)
+    found = []
+    for column in columns:
+        values = data.labels[column]
+        present = values.notna().to_numpy()
+        vectors, values = data.vectors[present], values[present].reset_index(drop=True)
+        backbone = data.dataset.backbone
+        if pd.api.types.is_bool_dtype(values) or set(values.unique()) <= {True, False}:
+            found.append(
+                _attribute(
+                    vectors, values.astype(bool), backbone, column, True, None, holdout, seed, None
+                )
+            )
+            continue
+        for value in sorted(values.unique(), key=str):
+            found.append(
+                _attribute(vectors, values, backbone, column, value, None, holdout, seed, None)
+            )
+    return found, data.report
+
+
+def vectors_for_ids(latents: str | Path | LatentDataset, ids: Sequence[str]) -> np.ndarray:
+    """The stored vectors of ``ids`` in the order given (one vectorized lookup)."""
+    ds = open_latents(latents)
+    all_ids = pd.Index(ds.ids())
+    wanted = [str(i) for i in ids]
+    positions = all_ids.get_indexer(wanted)
+    if (positions < 0).any():
+        missing = wanted[int(np.flatnonzero(positions < 0)[0])]
+        raise InputError(f"id {missing!r} is not in {ds.path}")
+    return ds.to_numpy()[positions].astype(np.float32)
+
+
+def _check_backbone(a: BackboneInfo, b: BackboneInfo) -> None:
+    if (a.name, a.dim) != (b.name, b.dim):
+        raise InputError(
+            f"cannot mix latents of {a.name} (dim {a.dim}) with a vector from "
+            f"{b.name} (dim {b.dim}); use vectors made from the same backbone"
+        )
+
+
+def apply_vector(
+    z: np.ndarray,
+    vector: AttributeVector | np.ndarray,
+    alphas: Sequence[float] | float = 1.0,
+    backbone: BackboneInfo | None = None,
+) -> np.ndarray:
+    """``z + alpha * v`` for each alpha: ``[N, D]`` -> ``[N, len(alphas), D]`` (or ``[N, D]``).
+
+    Pass ``backbone`` (the latents' info) to have mixing backbones refused.
+    """
+    if isinstance(vector, AttributeVector):
+        if backbone is not None:
+            _check_backbone(backbone, vector.backbone)
+        vector = vector.vector
+    z = np.atleast_2d(np.asarray(z, dtype=np.float32))
+    v = np.asarray(vector, dtype=np.float32)
+    if z.shape[1] != v.shape[-1]:
+        raise InputError(f"latents have dim {z.shape[1]} but the vector has dim {v.shape[-1]}")
+    scalar = np.isscalar(alphas)
+    a = np.atleast_1d(np.asarray(alphas, dtype=np.float32))
+    out = z[:, None, :] + a[None, :, None] * v[None, None, :]
+    return out[:, 0, :] if scalar else out
+
+
+def analogy(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``a - b + c`` ("b is to a as c is to ?"), broadcasting over leading dims."""
+    return np.asarray(a, np.float32) - np.asarray(b, np.float32) + np.asarray(c, np.float32)
+
+
+def lerp(z1: np.ndarray, z2: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Straight-line interpolation at fractions ``t``: ``[T, D]``."""
+    t = np.asarray(t, dtype=np.float32)[:, None]
+    return (1 - t) * np.asarray(z1, np.float32)[None] + t * np.asarray(z2, np.float32)[None]
+
+
+def slerp(z1: np.ndarray, z2: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation (the arc between the directions, norms interpolated linearly);
+    falls back to lerp when the vectors are (anti)parallel or zero."""
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    n1, n2 = np.linalg.norm(z1), np.linalg.norm(z2)
+    if n1 < 1e-12 or n2 < 1e-12:
+        return lerp(z1, z2, t[:, 0])
+    u1, u2 = z1 / n1, z2 / n2
+    omega = np.arccos(np.clip(u1 @ u2, -1.0, 1.0))
+    if omega < 1e-6 or np.pi - omega < 1e-6:
+        return lerp(z1, z2, t[:, 0])
+    direction = (np.sin((1 - t) * omega) * u1 + np.sin(t * omega) * u2) / np.sin(omega)
+    return (direction * ((1 - t) * n1 + t * n2)).astype(np.float32)
+
+
+def interpolate(
+    z1: np.ndarray, z2: np.ndarray, steps: int = 8, method: str = "slerp"
+) -> np.ndarray:
+    """``steps`` points from ``z1`` to ``z2`` inclusive (lerp or slerp): ``[steps, D]``."""
+    if steps < 2:
+        raise InputError(f"steps must be at least 2 (got {steps})")
+    if np.shape(z1) != np.shape(z2):
+        raise InputError(f"cannot interpolate between shapes {np.shape(z1)} and {np.shape(z2)}")
+    t = np.linspace(0.0, 1.0, steps)
+    if method == "lerp":
+        return lerp(z1, z2, t)
+    if method == "slerp":
+        return slerp(z1, z2, t)
+    raise InputError(f"unknown interpolation method {method!r}; use lerp or slerp")
