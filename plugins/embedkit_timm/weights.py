@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -26,7 +25,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+    # unreadable files fail in many ways: UnpicklingError, SafetensorError, RuntimeError,
+    # EOFError, even IndexError from torch's weights-only unpickler on garbage bytes
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(
             f"weights file {path} is corrupt or not a weights file ({first[:160]}); "
