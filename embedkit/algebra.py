@@ -14,6 +14,7 @@ from embedkit.backbone import BackboneInfo
 from embedkit.errors import InputError
 from embedkit.labels import JoinReport, labeled
 from embedkit.store import LatentDataset, open_latents
+from embedkit.writer import _same_backbone
 
 __all__ = [
     "AttributeVector",
@@ -116,7 +117,28 @@ class AttributeVector:
         }
 
 
+def _coerce(values: pd.Series, wanted: Any) -> Any:
+    """Match a value typed on the command line ("true", "3") to the column's dtype."""
+    if not isinstance(wanted, str):
+        return wanted
+    # a bool column with missing values (or joined with unmatched ids) has object dtype
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.infer_dtype(values) == "boolean":
+        return wanted.strip().lower() in ("true", "1", "yes")
+    if pd.api.types.is_numeric_dtype(values):
+        try:
+            number = float(wanted)
+        except ValueError:
+            return wanted
+        return int(number) if pd.api.types.is_integer_dtype(values) else number
+    return wanted
+
+
 def _as_mask(values: pd.Series, wanted: Any) -> np.ndarray:
+    wanted = (
+        [_coerce(values, w) for w in wanted]
+        if isinstance(wanted, (list, tuple, set))
+        else _coerce(values, wanted)
+    )
     if isinstance(wanted, (list, tuple, set)):
         return values.isin(list(wanted)).to_numpy()
     return (values == wanted).to_numpy()
@@ -267,10 +289,11 @@ def vectors_for_ids(latents: str | Path | LatentDataset, ids: Sequence[str]) -> 
 
 
 def _check_backbone(a: BackboneInfo, b: BackboneInfo) -> None:
-    if (a.name, a.dim) != (b.name, b.dim):
+    # config counts too (timm pretrained vs random weights share name and dim)
+    if not _same_backbone(a, b):
         raise InputError(
-            f"cannot mix latents of {a.name} (dim {a.dim}) with a vector from "
-            f"{b.name} (dim {b.dim}); use vectors made from the same backbone"
+            f"cannot mix latents of {a.name} (dim {a.dim}, {a.config}) with a vector from "
+            f"{b.name} (dim {b.dim}, {b.config}); use vectors made from the same backbone"
         )
 
 

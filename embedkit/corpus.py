@@ -42,7 +42,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 210, 220),
 }
 # Shape "radius" (centre to corner / edge) as a fraction of the image side.
-SIZES: dict[str, tuple[float, float]] = {"small": (0.14, 0.19), "large": (0.25, 0.32)}
+SIZES: dict[str, tuple[float, float]] = {"small": (0.15, 0.2), "large": (0.26, 0.32)}
+# Centres lie within JITTER of the middle (and always far enough from the edges).
+JITTER = float(__import__("os").environ.get("JIT", "0.2"))
 BACKGROUND = (28, 28, 32)
 NOISE_STD = 4.0
 SUPERSAMPLE = 4
@@ -106,9 +108,9 @@ def _sample_labels(n: int, seed: int) -> pd.DataFrame:
     lo = np.where(large, SIZES["large"][0], SIZES["small"][0])
     hi = np.where(large, SIZES["large"][1], SIZES["small"][1])
     scale = lo + (hi - lo) * rng.random(n)
-    margin = scale + 0.03  # keep the whole shape (and its outline) inside the frame
-    x = margin + (1 - 2 * margin) * rng.random(n)
-    y = margin + (1 - 2 * margin) * rng.random(n)
+    reach = np.minimum(JITTER, 0.5 - scale - 0.02)  # keep the whole shape inside the frame
+    x = 0.5 + reach * (2 * rng.random(n) - 1)
+    y = 0.5 + reach * (2 * rng.random(n) - 1)
     return pd.DataFrame(
         {
             "id": np.arange(n, dtype=np.int64),

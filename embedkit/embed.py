@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -80,17 +81,32 @@ def default_num_workers() -> int:
 
 def _pending(rows: pd.DataFrame, out_dir: Path, retry_errors: bool) -> tuple[pd.DataFrame, int]:
     """Drop rows already embedded (resume) and, unless retrying, rows that failed before."""
-    if not part_files(out_dir):
-        return rows, 0
-    dataset = open_latents(out_dir)
-    done = set(dataset.ids().tolist())
+    done: set[str] = set(open_latents(out_dir).ids().tolist()) if part_files(out_dir) else set()
+    error_files = sorted((out_dir / ERRORS_DIR).glob("part-*.parquet"))
     if retry_errors:
-        for f in (out_dir / ERRORS_DIR).glob("part-*.parquet"):
+        for f in error_files:
             f.unlink()
-    else:
-        done |= set(dataset.errors()["source"].tolist())
+    elif error_files:
+        done |= set(pd.concat([pd.read_parquet(f) for f in error_files])["source"].tolist())
     keep = ~(rows["id"].isin(done) | rows["path"].isin(done))
     return rows[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def _carried_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """The carried columns, Arrow-typed from whole columns rather than batch by batch.
+
+    Otherwise a first batch whose values are all missing (an object column of
+    None/True, lists) would fix that column's type as null, and every later batch
+    with a value would then fail to cast.
+    """
+    carried = rows.drop(columns=["id", "path"])
+    if carried.columns.empty:
+        return carried
+    try:
+        table = pa.Table.from_pandas(carried, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise InputError(f"carried columns cannot be stored ({exc})") from exc
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def embed(
@@ -129,16 +145,18 @@ def embed(
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
+    rows = read_source(source, path_column=path_column, id_column=id_column)
     if isinstance(backbone, str):
         backbone = load_backbone(backbone, device=device, **(backbone_options or {}))
     elif device is not None:
         backbone.to(device)
-    rows = read_source(source, path_column=path_column, id_column=id_column)
     writer = LatentWriter(
         out_dir, backbone.info, normalized=normalize, dtype=dtype, rows_per_part=rows_per_part
     )
     rows, skipped = _pending(rows, out_dir, retry_errors)
-    carried = rows.drop(columns=["id", "path"])
+    if rows.empty:
+        return EmbedResult(out_dir, 0, skipped, 0, time.monotonic() - started)
+    carried = _carried_columns(rows)
     has_carried = len(carried.columns) > 0
     workers = default_num_workers() if num_workers is None else num_workers
     loader = DataLoader(

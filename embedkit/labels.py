@@ -43,14 +43,14 @@ class LabeledLatents:
     report: JoinReport
 
 
-def _read_labels(labels: str | Path | pd.DataFrame) -> pd.DataFrame:
+def _read_labels(labels: str | Path | pd.DataFrame, id_column: str) -> pd.DataFrame:
     if isinstance(labels, pd.DataFrame):
         return labels
     path = Path(labels)
     if not path.is_file():
         raise InputError(f"labels table {path} does not exist")
     if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={id_column: str})  # keep ids like "007" intact
     try:
         return pd.read_parquet(path)
     except Exception as exc:
@@ -81,7 +81,7 @@ def labeled(
         frame = ds.to_table(columns).to_pandas()
         extra_labels = 0
     else:
-        table = _read_labels(labels)
+        table = _read_labels(labels, id_column)
         for column in [id_column, *columns]:
             if column not in table.columns:
                 raise InputError(
@@ -95,11 +95,14 @@ def labeled(
             raise InputError(f"labels table repeats id {dup!r}; ids must be unique")
         frame = pd.DataFrame({id_column: ids}).merge(table, on=id_column, how="left")
         extra_labels = int((~table[id_column].isin(set(ids.tolist()))).sum())
-    keep = frame[columns].notna().all(axis=1).to_numpy() if dropna else np.ones(len(ids), bool)
-    report = JoinReport(len(ids), int(keep.sum()), int((~keep).sum()), extra_labels)
+    present = frame[columns].notna()
+    # dropna=False keeps every row (callers drop per column) but still counts the unlabeled
+    has_label = (present.all(axis=1) if dropna else present.any(axis=1)).to_numpy()
+    keep = has_label if dropna else np.ones(len(ids), bool)
+    report = JoinReport(len(ids), int(has_label.sum()), int((~has_label).sum()), extra_labels)
     if report.latents_without_label or report.labels_without_latent:
         warnings.warn(str(report), stacklevel=2)
-    if not keep.any():
+    if not has_label.any():
         raise InputError(f"no latent in {ds.path} has a label in {', '.join(columns)}")
     return LabeledLatents(
         ds, ids[keep], vectors[keep], frame.loc[keep, columns].reset_index(drop=True), report

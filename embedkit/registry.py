@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedkit.backbone import Backbone, BackboneInfo
-from embedkit.errors import BackboneNotFound, PluginError
+from embedkit.errors import BackboneError, BackboneNotFound, PluginError
 from embedkit.plugins import call_hook
 
 __all__ = ["BackboneEntry", "list_backbones", "load_backbone"]
@@ -86,7 +86,7 @@ def load_backbone(name: str | BackboneInfo, **options: Any) -> Backbone:
         name = name.name
     entries = _entries()
     if name in entries and not entries[name].is_prefix:
-        return entries[name].factory(**options)
+        return _build(name, entries[name].factory, (), options)
     prefixes = [e for e in entries.values() if e.is_prefix and name.startswith(e.name)]
     if prefixes:
         entry = max(prefixes, key=lambda e: len(e.name))
@@ -95,8 +95,19 @@ def load_backbone(name: str | BackboneInfo, **options: Any) -> Backbone:
             raise BackboneNotFound(
                 f"backbone {name!r} needs a name after the prefix, e.g. {entry.name}<name>"
             )
-        return entry.factory(rest, **options)
+        return _build(name, entry.factory, (rest,), options)
     raise BackboneNotFound(_not_found_message(name, entries))
+
+
+def _build(name: str, factory: Callable[..., Backbone], args: tuple, options: dict) -> Backbone:
+    try:
+        return factory(*args, **options)
+    except (TypeError, ValueError) as exc:  # bad option names or values from the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(
+            f"cannot build backbone {name!r} with options {options}: {first}; "
+            "check the option names and values"
+        ) from exc
 
 
 def _not_found_message(name: str, entries: dict[str, BackboneEntry]) -> str:

@@ -26,6 +26,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as image:
         image.load()  # decode now so truncated files fail here, not later
         image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I;16"):
+            # 16-bit samples: convert() would clip them to 255 (a white image); scale to 8 bits
+            image = image.convert("I").point(lambda v: v / 257).convert("L")
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -79,9 +82,16 @@ def _from_table(
     absolute = [str(p if p.is_absolute() else root / p) for p in map(Path, raw)]
     if id_column is None and "id" in frame.columns and path_column != "id":
         id_column = "id"
+    if id_column:
+        missing = frame[id_column].isna() | (frame[id_column].astype(str).str.strip() == "")
+        if missing.any():  # else the id would be NaN: the writer fails mid-run
+            row = int(missing.to_numpy().nonzero()[0][0])
+            raise InputError(f"{where} row {row}: column {id_column!r} is empty; ids are required")
     ids = frame[id_column].astype(str) if id_column else raw.map(lambda p: Path(p).as_posix())
     carried = frame.drop(columns=[c for c in (path_column, id_column) if c], errors="ignore")
-    carried = carried.drop(columns=[c for c in ("source", "embedding") if c in carried.columns])
+    # Reserved names: an "id"/"path" column not chosen as id/path would duplicate ours.
+    reserved = ("id", "path", "source", "embedding")
+    carried = carried.drop(columns=[c for c in reserved if c in carried.columns])
     out = pd.DataFrame({"id": ids.to_numpy(), "path": absolute})
     return pd.concat([out, carried.reset_index(drop=True)], axis=1)
 

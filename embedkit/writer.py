@@ -74,9 +74,9 @@ def _same_backbone(a: BackboneInfo, b: BackboneInfo) -> bool:
 class LatentWriter:
     """Streams batches of latents into ``part-NNNNN.parquet`` files.
 
-    Rows are buffered into row groups of ``row_group_rows``; a part is closed and
-    renamed into place after ``rows_per_part`` rows or ``seconds_per_part`` seconds,
-    so an interrupted run loses at most one part's worth of work. Appending to an
+    Rows are buffered into row groups of ``row_group_rows`` (default: ~32 MiB of
+    vectors); a part is closed and renamed into place after ``rows_per_part`` rows or
+    ``seconds_per_part`` seconds, so an interrupted run loses at most one part's worth of work. Appending to an
     existing dataset made by another backbone is refused.
     """
 
@@ -88,7 +88,7 @@ class LatentWriter:
         dtype: str = "float32",
         rows_per_part: int = 100_000,
         seconds_per_part: float = 60.0,
-        row_group_rows: int = 16_384,
+        row_group_rows: int | None = None,
     ):
         if dtype not in DTYPES:
             raise InputError(f"dtype {dtype!r} is not supported; use float32 or float16")
@@ -110,7 +110,12 @@ class LatentWriter:
         self._check_existing()
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
-        self.row_group_rows = row_group_rows
+        # ~32 MiB of vectors per row group: big enough for fast scans, small enough that
+        # memory stays flat for wide embeddings
+        itemsize = 2 if dtype == "float16" else 4
+        self.row_group_rows = row_group_rows or max(
+            256, min(16_384, (32 << 20) // (backbone.dim * itemsize))
+        )
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None
@@ -172,7 +177,7 @@ class LatentWriter:
             self.schema = table.schema.with_metadata({META_KEY: self.meta.to_bytes()})
         try:
             return table.cast(self.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
             raise InputError(
                 f"columns {table.schema.names} do not match the dataset's "
                 f"{self.schema.names} in {self.path} ({exc})"

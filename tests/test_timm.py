@@ -217,7 +217,7 @@ def test_pickled_object_is_refused_and_never_runs(tmp_path):
     with pytest.raises(BackboneError) as err:
         load("resnet18", weights=path)
     message = assert_one_line(err)
-    assert message.startswith(f"weights file {path} is corrupt or not a weights file")
+    assert message.startswith(f"weights file {path} contains pickled Python objects, refused")
     assert not marker.exists(), "the pickled payload ran while loading weights"
 
     # the payload is real: an unsafe load would have run it

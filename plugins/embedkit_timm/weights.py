@@ -28,6 +28,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     # unreadable files fail in many ways: UnpicklingError, SafetensorError, RuntimeError,
     # EOFError, even IndexError from torch's weights-only unpickler on garbage bytes
     except Exception as exc:
+        if "Weights only load failed" in str(exc):
+            raise BackboneError(
+                f"weights file {path} contains pickled Python objects, refused for safety; "
+                "save a plain state dict (model.state_dict()) or use safetensors"
+            ) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(
             f"weights file {path} is corrupt or not a weights file ({first[:160]}); "
