@@ -76,8 +76,8 @@ class LatentWriter:
 
     Rows are buffered into row groups of ``row_group_rows`` (default: ~32 MiB of
     vectors); a part is closed and renamed into place after ``rows_per_part`` rows or
-    ``seconds_per_part`` seconds, so an interrupted run loses at most one part's worth of work. Appending to an
-    existing dataset made by another backbone is refused.
+    ``seconds_per_part`` seconds, so an interrupted run loses at most one part's worth
+    of work. Appending to an existing dataset made by another backbone is refused.
     """
 
     def __init__(
