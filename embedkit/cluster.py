@@ -22,7 +22,7 @@ CLUSTERS_DIR = "clusters"
 class KMeansResult:
     """Cluster assignments per id, the centroids, and the k-means objective."""
 
-    assignments: pd.DataFrame  # id, cluster, distance
+    assignments: pd.DataFrame  # id, cluster, distance (squared L2 to the centroid)
     centroids: np.ndarray  # [k, D]
     inertia: float
     normalized: bool
@@ -124,6 +124,10 @@ def kmeans(
     km.train(vectors, init_centroids=kmeans_plus_plus(vectors, k, seed))
     distances, assigned = km.index.search(vectors, 1)
     assignments = pd.DataFrame(
-        {"id": ds.ids(), "cluster": assigned[:, 0].astype(np.int32), "distance": distances[:, 0]}
+        {
+            "id": ds.ids(),
+            "cluster": assigned[:, 0].astype(np.int32),
+            "distance": (2 - 2 * distances[:, 0]) if spherical else distances[:, 0],
+        }
     )
     return KMeansResult(assignments, km.centroids.copy(), float(km.obj[-1]), bool(spherical))

@@ -36,6 +36,7 @@ def _font() -> ImageFont.ImageFont:
 
 
 def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
+    text = text[: max(1, width // 4)]  # no font here draws under 4 px a character
     while text and draw.textlength(text, font=font) > width:
         text = text[:-2] + "…" if len(text) > 2 else ""
     return text
