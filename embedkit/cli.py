@@ -181,9 +181,102 @@ def centroids(latents: str, by: str, labels: str | None, normalize: bool, out: s
 
 
 @cli.command()
-def demo() -> None:
-    """Run the end-to-end demo on the built-in corpus."""
-    click.echo("demo arrives with a later issue (issue 7); meanwhile try `embedkit backbones`")
+@click.argument("latents")
+@click.option("--vectors", "vectors_file", required=True, help="Table from `attributes -o`.")
+@click.option("--name", required=True, help="Vector name in the table, e.g. color=red.")
+@click.option("--id", "ids", multiple=True, required=True, help="Row to edit (repeatable).")
+@click.option("--alphas", default="-2,-1,0,1,2", show_default=True, help="Comma-separated.")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "decode", "neighbors"]),
+    default="auto",
+    show_default=True,
+    help="Decode (AE/VAE) or show the nearest corpus image.",
+)
+@click.option("--out", "-o", required=True, help="PNG to write.")
+def sweep(
+    latents: str,
+    vectors_file: str,
+    name: str,
+    ids: tuple[str, ...],
+    alphas: str,
+    mode: str,
+    out: str,
+) -> None:
+    """Attribute sweep: each id's latent plus alpha times a named vector, as a PNG grid."""
+    from embedkit.pictures import attribute_sweep
+    from embedkit.vectors import load_vectors
+
+    table = load_vectors(vectors_file)
+    if name not in table:
+        raise click.BadParameter(f"no vector {name!r}; have: {', '.join(table)}")
+    values = [float(a) for a in alphas.split(",") if a.strip()]
+    attribute_sweep(latents, table[name], list(ids), values, mode=mode, out=out)
+    click.echo(f"sweep -> {out}")
+
+
+@cli.command()
+@click.argument("latents")
+@click.argument("start")
+@click.argument("end")
+@click.option("--steps", default=8, show_default=True)
+@click.option(
+    "--method", type=click.Choice(["lerp", "slerp", "both"]), default="both", show_default=True
+)
+@click.option(
+    "--mode", type=click.Choice(["auto", "decode", "neighbors"]), default="auto", show_default=True
+)
+@click.option("--out", "-o", required=True, help="PNG to write.")
+def interpolate(
+    latents: str, start: str, end: str, steps: int, method: str, mode: str, out: str
+) -> None:
+    """Interpolate from START to END (ids or image files) and draw the strip."""
+    from embedkit.pictures import interpolation_strip
+
+    methods = ("lerp", "slerp") if method == "both" else (method,)
+    interpolation_strip(latents, start, end, steps, methods, mode=mode, out=out)
+    click.echo(f"interpolation -> {out}")
+
+
+@cli.command()
+@click.argument("latents")
+@click.argument("a")
+@click.argument("b")
+@click.argument("c")
+@click.option("--mode", type=click.Choice(["auto", "decode", "neighbors"]), default="auto")
+@click.option("--out", "-o", required=True, help="PNG to write.")
+def analogy(latents: str, a: str, b: str, c: str, mode: str, out: str) -> None:
+    """Analogy a - b + c on three ids, decoded or as the nearest corpus image."""
+    from embedkit.pictures import analogy_grid
+
+    analogy_grid(latents, [(a, b, c)], mode=mode, out=out)
+    click.echo(f"analogy -> {out}")
+
+
+@cli.command()
+@click.argument("latents")
+@click.option("--out", "-o", "out_dir", default=None, help="Folder (default: LATENTS/report).")
+@click.option("--label", default=None, help="Column to colour the projection by.")
+@click.option("--seed", default=0, show_default=True)
+def report(latents: str, out_dir: str | None, label: str | None, seed: int) -> None:
+    """Write an HTML report (neighbours, clusters, projection, decoder views) for LATENTS."""
+    from pathlib import Path
+
+    from embedkit.latents_report import latents_report
+
+    target = out_dir or str(Path(latents) / "report")
+    click.echo(f"report -> {latents_report(latents, target, label=label, seed=seed)}")
+
+
+@cli.command()
+@click.option("--out", "-o", "out_dir", default="demo-out", show_default=True)
+@click.option("--quick", is_flag=True, help="A smaller corpus and shorter training (< 2 min).")
+@click.option("--seed", default=0, show_default=True)
+def demo(out_dir: str, quick: bool, seed: int) -> None:
+    """The main job on the built-in corpus: train a VAE, embed, index, search, edit, report."""
+    from embedkit.demo import run_demo
+
+    click.echo(run_demo(out_dir, quick=quick, seed=seed).summary())
 
 
 @cli.group()
@@ -201,6 +294,95 @@ def corpus_shapes(out_dir: str, n: int, size: int, seed: int) -> None:
     from embedkit.corpus import make_shapes
 
     click.echo(f"labels -> {make_shapes(out_dir, n=n, size=size, seed=seed)}")
+
+
+@cli.command("index")
+@click.argument("latents")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
+@click.option(
+    "--kind", default="auto", show_default=True, help="auto|flat|ivf|hnsw|ivfpq or a faiss factory."
+)
+@click.option("--memory-budget", default=None, help="Bytes the index may use, e.g. 2GB.")
+@click.option("--recall-sample", default=1000, show_default=True, help="Queries for recall@10.")
+@click.option("--no-gpu", is_flag=True, help="Build on the CPU even when a GPU is present.")
+def index_command(
+    latents: str,
+    metric: str,
+    kind: str,
+    memory_budget: str | None,
+    recall_sample: int,
+    no_gpu: bool,
+) -> None:
+    """Build a FAISS index in LATENTS/index/ and report its recall@10."""
+    from embedkit.index import build_index
+
+    built = build_index(
+        latents,
+        metric=metric,
+        kind=kind,
+        memory_budget=memory_budget,
+        recall_sample=recall_sample,
+        gpu=False if no_gpu else None,
+    )
+    info = built.info
+    recall = "not measured" if info.recall is None else f"{info.recall:.3f}"
+    recall = "exact" if info.kind == "flat" else recall
+    params = " ".join(f"{k}={v}" for k, v in info.params.items()) or "-"
+    click.echo(f"kind       {info.kind} ({info.factory}, {info.metric}) - {info.reason}")
+    click.echo(f"ntotal     {info.ntotal:,}  dim {info.dim}")
+    click.echo(f"recall@{info.k:<3} {recall}  params {params}")
+    click.echo(f"built in   {info.build_seconds:.1f}s on {info.built_on}")
+    click.echo(f"index   -> {built.path}")
+
+
+@cli.command("search")
+@click.argument("latents")
+@click.option("--id", "ids", multiple=True, help="Query by latent id (repeatable).")
+@click.option("--vector", "vector_file", default=None, help="Query vectors: a .npy [D] or [N, D].")
+@click.option("--image", "images", multiple=True, help="Query by image file (repeatable).")
+@click.option("-k", "k", default=10, show_default=True, help="Neighbours per query.")
+@click.option("--include-self", is_flag=True, help="Keep the query row in --id results.")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default=None)
+@click.option("--nprobe", type=int, default=None, help="Override the tuned IVF nprobe.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+def search_command(
+    latents: str,
+    ids: tuple[str, ...],
+    vector_file: str | None,
+    images: tuple[str, ...],
+    k: int,
+    include_self: bool,
+    metric: str | None,
+    nprobe: int | None,
+    fmt: str,
+) -> None:
+    """Nearest neighbours of ids, vectors or images in LATENTS."""
+    from embedkit.search import load_vector_file, neighbors
+
+    frame = neighbors(
+        latents,
+        ids=list(ids) or None,
+        vectors=load_vector_file(vector_file) if vector_file else None,
+        images=list(images) or None,
+        k=k,
+        exclude_self=not include_self,
+        metric=metric,
+        nprobe=nprobe,
+    )
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        import json
+
+        click.echo(json.dumps(json.loads(frame.to_json(orient="records")), ensure_ascii=False))
+    else:
+        click.echo(frame.to_string(index=False))
 
 
 _plugin_commands_added: list[bool] = []

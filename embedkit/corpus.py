@@ -1,10 +1,13 @@
 """The built-in labeled corpus: procedurally drawn shapes with known attributes.
 
 ``make_shapes(out)`` draws ``n`` RGB PNGs (a circle, square or triangle of one
-palette colour, small or large, filled or outlined, somewhere on a dark noisy
-background) under ``out/images/`` and writes ``out/labels.parquet`` with one row
-per image: ``id, path, shape, color, size, scale, x, y, filled``. The same seed
-gives the same images and labels; re-running on a complete folder returns at once.
+:data:`COLORS` colour, small or large, filled or outlined, near the middle of a
+dark, slightly noisy background) under ``out/images/`` and writes
+``out/labels.parquet`` with one row per image: ``id, path`` (relative to ``out``),
+``shape, color, size`` (small/large), ``scale`` (centre-to-corner radius as a
+fraction of the side), ``x, y`` (centre, fractions of the side) and ``filled``.
+The same seed gives the same images and labels; re-running on a complete folder
+returns at once.
 """
 
 from __future__ import annotations
@@ -33,24 +36,27 @@ __all__ = [
 ]
 
 SHAPES = ("circle", "square", "triangle")
+# Four well-separated colours. Hues sharing a strong channel with these (magenta,
+# cyan) proved hard to tell apart in the latents of a small autoencoder.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (40, 200, 60),
     "blue": (50, 90, 240),
     "yellow": (240, 220, 40),
-    "magenta": (220, 50, 220),
-    "cyan": (40, 210, 220),
 }
-# Shape "radius" (centre to corner / edge) as a fraction of the image side.
-SIZES: dict[str, tuple[float, float]] = {"small": (0.15, 0.2), "large": (0.26, 0.32)}
-# Centres lie within JITTER of the middle (and always far enough from the edges).
-JITTER = float(__import__("os").environ.get("JIT", "0.2"))
+# Shape "radius" (centre to corner) as a fraction of the image side, per size class.
+SIZES: dict[str, tuple[float, float]] = {"small": (0.18, 0.23), "large": (0.28, 0.34)}
+JITTER = 0.15  # centres lie within this of the middle: x, y in [0.35, 0.65]
+SQUARE = 0.85  # half side of a square relative to its radius
+OUTLINE = 0.08  # outline width of unfilled shapes (fraction of the side), at most
+OUTLINE_HOLE = 0.45  # this fraction of the inner radius, so small triangles stay hollow
+INNER_RADIUS = {"circle": 1.0, "square": SQUARE, "triangle": 0.5}  # relative to the radius
 BACKGROUND = (28, 28, 32)
 NOISE_STD = 4.0
 SUPERSAMPLE = 4
 LABELS = "labels.parquet"
 META_KEY = b"embedkit.corpus"
-VERSION = 1
+VERSION = 1  # bump whenever drawing changes: complete folders are then redrawn
 
 
 def make_shapes(out_dir: str | Path, n: int = 5000, size: int = 64, seed: int = 0) -> Path:
@@ -66,10 +72,20 @@ def make_shapes(out_dir: str | Path, n: int = 5000, size: int = 64, seed: int = 
         raise InputError(f"make_shapes needs n >= 1 and size >= 16 (got n={n}, size={size})")
     out = Path(out_dir)
     labels_path = out / LABELS
-    params = {"kind": "shapes", "n": int(n), "size": int(size), "seed": int(seed)}
-    params["version"] = VERSION
-    if _is_complete(out, labels_path, params):
+    params = {
+        "kind": "shapes",
+        "n": int(n),
+        "size": int(size),
+        "seed": int(seed),
+        "version": VERSION,
+    }
+    stored = _stored_params(labels_path)
+    if stored == params and _images_present(out, n):
         return labels_path
+    if labels_path.is_file() and stored is None:
+        raise InputError(
+            f"{labels_path} was not written by make_shapes; choose a new or empty folder"
+        )
     (out / "images").mkdir(parents=True, exist_ok=True)
     labels_path.unlink(missing_ok=True)  # an interrupted rerun must not look complete
     labels = _sample_labels(n, seed)
@@ -86,17 +102,19 @@ def make_shapes(out_dir: str | Path, n: int = 5000, size: int = 64, seed: int = 
     return labels_path
 
 
-def _is_complete(out: Path, labels_path: Path, params: dict) -> bool:
+def _stored_params(labels_path: Path) -> dict | None:
+    """The parameters a previous make_shapes stored in ``labels_path`` (None: not ours)."""
     if not labels_path.is_file():
-        return False
+        return None
     try:
         meta = pq.read_schema(labels_path).metadata or {}
-        stored = json.loads(meta.get(META_KEY, b"{}"))
+        return json.loads(meta[META_KEY]) if META_KEY in meta else None
     except (OSError, ValueError, pa.ArrowException):
-        return False
-    if stored != params:
-        return False
-    return all((out / "images" / f"{i:05d}.png").is_file() for i in range(params["n"]))
+        return None
+
+
+def _images_present(out: Path, n: int) -> bool:
+    return all((out / "images" / f"{i:05d}.png").is_file() for i in range(n))
 
 
 def _sample_labels(n: int, seed: int) -> pd.DataFrame:
@@ -108,7 +126,7 @@ def _sample_labels(n: int, seed: int) -> pd.DataFrame:
     lo = np.where(large, SIZES["large"][0], SIZES["small"][0])
     hi = np.where(large, SIZES["large"][1], SIZES["small"][1])
     scale = lo + (hi - lo) * rng.random(n)
-    reach = np.minimum(JITTER, 0.5 - scale - 0.02)  # keep the whole shape inside the frame
+    reach = np.minimum(JITTER, 0.5 - scale - 0.02)  # keep every shape inside the frame
     x = 0.5 + reach * (2 * rng.random(n) - 1)
     y = 0.5 + reach * (2 * rng.random(n) - 1)
     return pd.DataFrame(
@@ -133,12 +151,13 @@ def _draw(row, size: int, seed: int) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     cx, cy, r = row.x * big, row.y * big, row.scale * big
     fill = COLORS[row.color] if row.filled else None
-    width = 0 if row.filled else max(SUPERSAMPLE, round(0.06 * big))
+    thickness = min(OUTLINE * big, OUTLINE_HOLE * INNER_RADIUS[row.shape] * r)
+    width = 0 if row.filled else max(SUPERSAMPLE, round(thickness))
     outline = COLORS[row.color]
     if row.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)
     elif row.shape == "square":
-        h = 0.8 * r  # half side: a square about as big as the circle of radius r
+        h = SQUARE * r
         draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill, outline=outline, width=width)
     else:
         points = [

@@ -32,6 +32,20 @@ PALETTE = (
     "#000075",
     "#a9a9a9",
 )
+# labels that name a colour are drawn in that colour (a "red" class in red)
+NAMED_COLOURS = {
+    "red": "#e6194b",
+    "green": "#3cb44b",
+    "blue": "#4363d8",
+    "yellow": "#e6c619",
+    "magenta": "#f032e6",
+    "cyan": "#42d4f4",
+    "orange": "#f58231",
+    "purple": "#911eb4",
+    "black": "#222222",
+    "gray": "#a9a9a9",
+    "grey": "#a9a9a9",
+}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
 max-width:1100px;color:#222;padding:0 1rem}
@@ -58,7 +72,10 @@ def scatter_svg(
     """An SVG scatter plot of ``[N, 2]`` points coloured by label, with a legend."""
     labels = [str(x) for x in labels]
     kinds = sorted(set(labels))
-    colour = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(kinds)}
+    if all(k.lower() in NAMED_COLOURS for k in kinds):
+        colour = {k: NAMED_COLOURS[k.lower()] for k in kinds}
+    else:
+        colour = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(kinds)}
     lo, hi = points.min(0), points.max(0)
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     margin, legend_w = 20, 150

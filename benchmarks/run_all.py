@@ -1,0 +1,61 @@
+"""Run every benchmark script, then collect results/*.json into latest.json and latest.md.
+
+Usage: python benchmarks/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS, machine
+
+HERE = Path(__file__).parent
+# script -> extra arguments for --quick runs
+SCRIPTS = {
+    "embed_throughput.py": ["--n", "64"],
+    "search.py": ["--rows", "20000"],
+}
+
+
+def markdown(results: dict[str, dict]) -> str:
+    lines = ["| benchmark | figure | value |", "|---|---|---|"]
+    for name, figures in results.items():
+        for key, value in figures.items():
+            if key != "machine" and not isinstance(value, (dict, list)):
+                lines.append(f"| {name} | {key} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller inputs")
+    args = parser.parse_args()
+    status = 0
+    for script, quick_args in SCRIPTS.items():
+        if not (HERE / script).exists():
+            continue
+        started = time.monotonic()
+        print(f"== {script}", flush=True)
+        code = subprocess.call(
+            [sys.executable, str(HERE / script), *(quick_args if args.quick else [])], cwd=HERE
+        )
+        print(f"== {script}: exit {code} in {time.monotonic() - started:.0f}s", flush=True)
+        status = status or code
+    results = {
+        p.stem: json.loads(p.read_text())
+        for p in sorted(RESULTS.glob("*.json"))
+        if p.stem != "latest"
+    }
+    (RESULTS / "latest.json").write_text(json.dumps({"machine": machine(), **results}, indent=2))
+    (RESULTS / "latest.md").write_text(markdown(results))
+    print(markdown(results))
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
