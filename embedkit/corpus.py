@@ -30,6 +30,7 @@ __all__ = [
     "COLORS",
     "SHAPES",
     "SIZES",
+    "color_of",
     "load_images",
     "make_shapes",
     "read_labels",
@@ -220,3 +221,24 @@ def _open_rgb(path: str | Path, size: int | None) -> np.ndarray:
             return np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
+
+
+def color_of(image: Image.Image | np.ndarray, threshold: float = 0.25) -> str:
+    """The palette colour of the shape in an image (e.g. a decoded latent), or ``"none"``.
+
+    Anti-aliased or blurry pixels mix the colour with the background linearly, so the
+    direction of the mean (pixel - background) is compared with each (colour - background).
+    ``image`` is a PIL image or an ``[H, W, 3]`` array in [0, 1].
+    """
+    pixels = (
+        np.asarray(image.convert("RGB"), np.float32) / 255
+        if isinstance(image, Image.Image)
+        else np.asarray(image, np.float32)
+    )
+    background = np.asarray(BACKGROUND, np.float32) / 255
+    shape = np.linalg.norm(pixels - background, axis=-1) > threshold
+    if not shape.any():
+        return "none"
+    palette = np.asarray(list(COLORS.values()), np.float32) / 255 - background
+    palette /= np.linalg.norm(palette, axis=1, keepdims=True)
+    return list(COLORS)[int(np.argmax(palette @ (pixels[shape].mean(0) - background)))]

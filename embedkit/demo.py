@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-__all__ = ["DemoResult", "color_of", "run_demo"]
+__all__ = ["DemoResult", "run_demo"]
 
 # (images, image size, latent dim, epochs) per mode
 SETTINGS = {
-    "full": {"n": 4000, "size": 32, "latent_dim": 16, "epochs": 20},
-    "quick": {"n": 1200, "size": 32, "latent_dim": 16, "epochs": 6},
+    "full": {"n": 5000, "size": 32, "latent_dim": 32, "epochs": 25},
+    "quick": {"n": 1500, "size": 32, "latent_dim": 32, "epochs": 8},
 }
 
 
@@ -51,21 +50,6 @@ class DemoResult:
         )
 
 
-def color_of(image: Image.Image, background_threshold: float = 60.0) -> str:
-    """The palette colour (from :mod:`embedkit.corpus`) nearest the image's shape pixels."""
-    from embedkit.corpus import BACKGROUND, COLORS
-
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3)
-    distance = np.linalg.norm(pixels - np.asarray(BACKGROUND, np.float32), axis=1)
-    shape = pixels[distance > background_threshold]
-    if len(shape) == 0:
-        return "none"
-    mean = shape.mean(0)
-    names = list(COLORS)
-    palette = np.asarray([COLORS[n] for n in names], dtype=np.float32)
-    return names[int(np.argmin(np.linalg.norm(palette - mean, axis=1)))]
-
-
 class _Stages:
     def __init__(self, progress: bool):
         self.seconds: dict[str, float] = {}
@@ -82,6 +66,7 @@ class _Stages:
 
 def _arithmetic_sections(report, latents: Path, out: Path, stats: dict) -> None:
     from embedkit.algebra import apply_vector, attribute_vector, attribute_vectors
+    from embedkit.corpus import color_of
     from embedkit.latents_report import _save
     from embedkit.pictures import analogy_grid, attribute_sweep
     from embedkit.registry import load_backbone

@@ -13,12 +13,14 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import embedkit
 import embedkit.plugins
 
 # One intra-op thread: on a small, busy CI box two spinning OpenMP threads make a tiny
@@ -187,3 +189,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def trained_vae(tmp_path_factory) -> SimpleNamespace:
+    """A VAE really trained once per session on 2500 images of the 32px shapes corpus
+    (about 45 s on one CPU thread); the last 500 images are never seen in training.
+
+    Fields: root (corpus folder), labels, paths, run (run folder), result (TrainResult),
+    backbone, images ([N, 3, 32, 32] in [0, 1]), latents ([N, 32]), n_train.
+    """
+    from embedkit_vae import train
+
+    from embedkit.corpus import load_images, make_shapes, read_labels
+
+    n_corpus, n_held_out = 3000, 500
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes(root, n=n_corpus, size=32, seed=0)
+    labels = read_labels(root)
+    paths = [root / p for p in labels["path"]]
+    run = tmp_path_factory.mktemp("quality") / "vae"
+    result = train(
+        paths[: n_corpus - n_held_out],
+        run,
+        "vae",
+        latent_dim=32,
+        image_size=32,
+        epochs=20,
+        batch_size=32,
+        lr=2e-3,
+        beta=1.0,
+        seed=0,
+        patience=5,
+        progress=False,
+    )
+    backbone = embedkit.load_backbone(f"vae:{run}", device="cpu")
+    images = load_images(paths).float() / 255
+    latents = backbone.encode(images).numpy()
+    return SimpleNamespace(
+        root=root,
+        labels=labels,
+        paths=paths,
+        run=run,
+        result=result,
+        backbone=backbone,
+        images=images,
+        latents=latents,
+        n_train=n_corpus - n_held_out,
+    )

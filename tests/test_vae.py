@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import embedkit
 from embedkit.backbone import BackboneInfo
-from embedkit.corpus import BACKGROUND, COLORS, load_images, make_shapes, read_labels
+from embedkit.corpus import color_of, make_shapes, read_labels
 from embedkit.errors import BackboneError, InputError
 
 TINY = {
@@ -297,33 +297,9 @@ N_CORPUS, N_HELD_OUT = 3000, 500
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Train once on 2500 images of the 32px shapes corpus (about 45 s on one CPU thread,
-    which conftest.py sets);
-    the last 500 images are never seen in training (nor in its validation split)."""
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root, n=N_CORPUS, size=32, seed=0)
-    labels = read_labels(root)
-    paths = [root / p for p in labels["path"]]
-    run = tmp_path_factory.mktemp("quality") / "vae"
-    result = train(
-        paths[: N_CORPUS - N_HELD_OUT],
-        run,
-        "vae",
-        latent_dim=32,
-        image_size=32,
-        epochs=20,
-        batch_size=32,
-        lr=2e-3,
-        beta=1.0,
-        seed=0,
-        patience=5,
-        progress=False,
-    )
-    backbone = embedkit.load_backbone(f"vae:{run}", device="cpu")
-    images = load_images(paths).float() / 255
-    latents = backbone.encode(images).numpy()
-    return result, backbone, labels, images, latents
+def trained(trained_vae):
+    t = trained_vae
+    return t.result, t.backbone, t.labels, t.images, t.latents
 
 
 def _split(array):
@@ -371,17 +347,8 @@ def test_latent_neighbours_share_shape_and_colour(trained, attribute):
 def test_decoding_a_latent_reproduces_its_colour(trained):
     _, backbone, labels, _, latents = trained
     decoded = backbone.decode(_split(latents)[1]).permute(0, 2, 3, 1).numpy()
-    background = np.array(BACKGROUND, np.float32) / 255
-    names = list(COLORS)
-    # Anti-aliased edges mix the colour with the background linearly, so compare the
-    # direction of (pixel - background) with each (palette colour - background).
-    palette = np.array(list(COLORS.values()), np.float32) / 255 - background
-    palette /= np.linalg.norm(palette, axis=1, keepdims=True)
-    hits = []
-    for image, true in zip(decoded, _split(np.asarray(labels["color"]))[1], strict=True):
-        shape_pixels = np.linalg.norm(image - background, axis=-1) > 0.25
-        mean = image[shape_pixels].mean(0) - background if shape_pixels.any() else np.zeros(3)
-        hits.append(names[int(np.argmax(palette @ mean))] == true)
+    truth = _split(np.asarray(labels["color"]))[1]
+    hits = [color_of(image) == true for image, true in zip(decoded, truth, strict=True)]
     accuracy = float(np.mean(hits))
     print(f"decoded colour accuracy on held-out images: {accuracy:.3f}")
     assert accuracy >= 0.9
