@@ -123,9 +123,10 @@ class Backbone:
                 f"backbone {self.info.name!r} has no decoder; use an ae:/vae: backbone"
             )
         self._prepare()
-        z = torch.as_tensor(
-            np.asarray(latents, dtype=np.float32) if not torch.is_tensor(latents) else latents
-        ).float()
+        if torch.is_tensor(latents):
+            z = latents.float()
+        else:  # a copy: latents read from Parquet are read-only views
+            z = torch.from_numpy(np.array(latents, dtype=np.float32))
         if z.ndim == 1:
             z = z.unsqueeze(0)
         if z.shape[1] != self.info.dim:

@@ -193,8 +193,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def trained_vae(tmp_path_factory) -> SimpleNamespace:
-    """A VAE really trained once per session on 2500 images of the 32px shapes corpus
-    (about 45 s on one CPU thread); the last 500 images are never seen in training.
+    """A VAE really trained once per session on 3500 images of the 32px shapes corpus
+    (about 80 s on one CPU thread); the last 500 images are never seen in training.
 
     Fields: root (corpus folder), labels, paths, run (run folder), result (TrainResult),
     backbone, images ([N, 3, 32, 32] in [0, 1]), latents ([N, 32]), n_train.
@@ -203,7 +203,7 @@ def trained_vae(tmp_path_factory) -> SimpleNamespace:
 
     from embedkit.corpus import load_images, make_shapes, read_labels
 
-    n_corpus, n_held_out = 3000, 500
+    n_corpus, n_held_out = 4000, 500
     root = tmp_path_factory.mktemp("shapes")
     make_shapes(root, n=n_corpus, size=32, seed=0)
     labels = read_labels(root)
@@ -215,7 +215,7 @@ def trained_vae(tmp_path_factory) -> SimpleNamespace:
         "vae",
         latent_dim=32,
         image_size=32,
-        epochs=20,
+        epochs=25,
         batch_size=32,
         lr=2e-3,
         beta=1.0,

@@ -293,7 +293,7 @@ def test_cuda_mixed_precision_run_loads_on_cpu(tiny_corpus, tmp_path):
 
 # -- quality of a real training run ---------------------------------------------------
 
-N_CORPUS, N_HELD_OUT = 3000, 500
+N_CORPUS, N_HELD_OUT = 4000, 500
 
 
 @pytest.fixture(scope="module")
