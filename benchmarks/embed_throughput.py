@@ -3,9 +3,10 @@
 Same images, same backbone, same batch size:
   (a) raw    backbone.encode on tensors decoded and preprocessed beforehand (the ceiling)
   (b) embed  embedkit.embed from files: decode in workers, encode, write Parquet
-  (c) naive  what a user writes: PIL open + transform + model, list-batched, no workers
+  (c) naive  what a user writes: PIL open + transform + model, one image at a time
+  (d) naive-batched  the same loop, list-batched, still decoding in the main process
 
-Prints images/s for each and the ratios (b)/(a) and (b)/(c).
+Prints images/s for each and the ratios (b)/(a), (b)/(c) and (b)/(d).
 Usage: python benchmarks/embed_throughput.py [--n 256] [--backbone timm/resnet18]
 """
 
@@ -30,7 +31,7 @@ def raw_forward(backbone, tensors: list[torch.Tensor], batch_size: int) -> float
     return len(tensors) / (time.perf_counter() - started)
 
 
-def naive_loop(backbone, paths: list[Path], batch_size: int) -> float:
+def naive_loop(backbone, paths: list[Path], batch_size: int = 1) -> float:
     started = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(paths), batch_size):
@@ -66,7 +67,8 @@ def main() -> None:
     tensors = [backbone.preprocess(embedkit.load_image(p)) for p in paths]
     raw = raw_forward(backbone, tensors, args.batch_size)
     piped = pipeline(backbone, folder, args.batch_size, args.workers)
-    naive = naive_loop(backbone, paths, args.batch_size)
+    naive = naive_loop(backbone, paths)
+    naive_batched = naive_loop(backbone, paths, args.batch_size)
     figures = {
         "backbone": args.backbone,
         "device": str(backbone.device),
@@ -77,6 +79,7 @@ def main() -> None:
         "naive_img_s": round(naive, 2),
         "pipeline_vs_raw": round(piped / raw, 3),
         "pipeline_vs_naive": round(piped / naive, 3),
+        "pipeline_vs_naive_batched": round(piped / naive_batched, 3),
     }
     for key, value in figures.items():
         print(f"{key:>18}: {value}")

@@ -19,6 +19,8 @@ HERE = Path(__file__).parent
 SCRIPTS = {
     "embed_throughput.py": ["--n", "64"],
     "search.py": ["--rows", "20000"],
+    "read_latents.py": ["--rows", "200000"],
+    "memory.py": ["--n", "200"],
 }
 
 

@@ -101,18 +101,28 @@ def read_meta(file: Path) -> LatentMeta:
     return LatentMeta.from_bytes(raw)
 
 
-def vectors_from_column(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    """A fixed_size_list column -> ``[N, dim]`` numpy, zero-copy when it is one chunk."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    if not chunks:
-        return np.zeros((0, dim), dtype=np.float32)
-    if len(chunks) > 1:
-        column = pa.chunked_array(chunks).combine_chunks()
-        chunks = [column]
-    flat = chunks[0].flatten()  # respects slicing offsets
+def _chunk_values(chunk: pa.Array, dim: int) -> np.ndarray:
+    flat = chunk.flatten()  # respects slicing offsets
     if flat.null_count:
         raise InputError("embedding column holds nulls; the dataset is damaged")
     return flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def vectors_from_column(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """A fixed_size_list column -> ``[N, dim]`` numpy: zero-copy for one chunk, else one
+    copy of each chunk straight into the result (no intermediate concatenation)."""
+    chunks = [
+        c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)
+    ]
+    if len(chunks) == 1:
+        return _chunk_values(chunks[0], dim)
+    dtype = np.float16 if column.type.value_type == pa.float16() else np.float32
+    out = np.empty((sum(len(c) for c in chunks), dim), dtype=dtype)
+    start = 0
+    for chunk in chunks:
+        out[start : start + len(chunk)] = _chunk_values(chunk, dim)
+        start += len(chunk)
+    return out
 
 
 def _equals_filter(equals: dict[str, Any]) -> pc.Expression:
