@@ -15,12 +15,17 @@ from pathlib import Path
 from _common import RESULTS, machine
 
 HERE = Path(__file__).parent
-# script -> extra arguments for --quick runs
+# script -> (arguments for `make bench`, arguments for --quick); sized so that the whole
+# suite stays under 10 minutes on a 2-core CPU
 SCRIPTS = {
-    "embed_throughput.py": ["--n", "64"],
-    "search.py": ["--rows", "20000"],
-    "read_latents.py": ["--rows", "200000"],
-    "memory.py": ["--n", "200"],
+    "embed_throughput.py": ([], ["--n", "64", "--repeats", "1"]),
+    "search.py": ([], ["--rows", "20000"]),
+    "read_latents.py": ([], ["--rows", "200000"]),
+    "memory.py": ([], ["--n", "200"]),
+    "ray_throughput.py": (
+        ["--n", "1000", "--index-rows", "500000"],
+        ["--n", "300", "--index-rows", "100000", "--backbones", "pixels"],
+    ),
 }
 
 
@@ -38,13 +43,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     args = parser.parse_args()
     status = 0
-    for script, quick_args in SCRIPTS.items():
+    for script, (full_args, quick_args) in SCRIPTS.items():
         if not (HERE / script).exists():
             continue
         started = time.monotonic()
         print(f"== {script}", flush=True)
         code = subprocess.call(
-            [sys.executable, str(HERE / script), *(quick_args if args.quick else [])], cwd=HERE
+            [sys.executable, str(HERE / script), *(quick_args if args.quick else full_args)],
+            cwd=HERE,
         )
         print(f"== {script}: exit {code} in {time.monotonic() - started:.0f}s", flush=True)
         status = status or code

@@ -65,6 +65,16 @@ def _warn_broken() -> None:
 @click.option("--retry-errors", is_flag=True, help="Retry inputs that failed in earlier runs.")
 @click.option("--rows-per-part", default=100_000, show_default=True, hidden=True)
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine; ray: a Ray cluster (pip install 'embedkit[ray]').",
+)
+@click.option(
+    "--address", "ray_address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS)."
+)
+@click.option(
     "--opt",
     "options",
     multiple=True,
@@ -351,6 +361,7 @@ def index_command(
     default="table",
     show_default=True,
 )
+@click.option("--out", "-o", "grid", default=None, help="Also draw the neighbours as a PNG grid.")
 def search_command(
     latents: str,
     ids: tuple[str, ...],
@@ -361,6 +372,7 @@ def search_command(
     metric: str | None,
     nprobe: int | None,
     fmt: str,
+    grid: str | None,
 ) -> None:
     """Nearest neighbours of ids, vectors or images in LATENTS."""
     from embedkit.search import load_vector_file, neighbors
@@ -383,6 +395,11 @@ def search_command(
         click.echo(json.dumps(json.loads(frame.to_json(orient="records")), ensure_ascii=False))
     else:
         click.echo(frame.to_string(index=False))
+    if grid:
+        from embedkit.pictures import neighbour_grid
+
+        neighbour_grid(latents, frame, out=grid)
+        click.echo(f"grid -> {grid}", err=True)
 
 
 _plugin_commands_added: list[bool] = []

@@ -76,7 +76,10 @@ def _worker_init(_: int) -> None:
 
 
 def default_num_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """One decode worker per core (at most 8): workers sleep once the prefetch queue is
+    full, so a model-bound run loses little, and a decode-bound one gains a core
+    (measured on 2 cores: 1.7x the images/s of one worker with the pixels backbone)."""
+    return max(1, min(8, os.cpu_count() or 2))
 
 
 def _pending(rows: pd.DataFrame, out_dir: Path, retry_errors: bool) -> tuple[pd.DataFrame, int]:
@@ -125,6 +128,8 @@ def embed(
     rows_per_part: int = 100_000,
     progress: bool = True,
     backbone_options: dict | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EmbedResult:
     """Embed every image of ``source`` into the latent dataset at ``out_dir``.
 
@@ -136,13 +141,40 @@ def embed(
         backbone: a registered name (``timm/resnet18``, ``vae:runs/x``) or a Backbone.
         out_dir: the latent dataset folder (created if missing).
         batch_size: images per forward pass.
-        num_workers: DataLoader worker processes decoding images (default: cores - 1).
+        num_workers: DataLoader worker processes decoding images (default: one per core).
         normalize: store L2-normalized vectors.
         dtype: ``float32`` or ``float16`` storage.
+        engine: ``local`` (this process and its workers) or ``ray`` (a Ray cluster:
+            :func:`embedkit.ray_engine.embed_with_ray`, see docs/scale.md).
+        ray_address: the Ray cluster to join (default: ``$RAY_ADDRESS`` or a local Ray).
 
     Example:
         >>> embedkit.embed("photos/", "timm/resnet18", "latents/")
     """
+    if engine == "ray":
+        from embedkit.ray_engine import embed_with_ray
+
+        return embed_with_ray(
+            source,
+            backbone,
+            out_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            normalize=normalize,
+            dtype=dtype,
+            path_column=path_column,
+            id_column=id_column,
+            retry_errors=retry_errors,
+            rows_per_part=rows_per_part,
+            progress=progress,
+            backbone_options=backbone_options,
+            ray_address=ray_address,
+        )
+    if engine != "local":
+        raise InputError(f"engine {engine!r} is not supported; use local or ray")
+    if ray_address is not None:
+        raise InputError("ray_address needs engine='ray' (--engine ray)")
     started = time.monotonic()
     out_dir = Path(out_dir)
     rows = read_source(source, path_column=path_column, id_column=id_column)

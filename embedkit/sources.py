@@ -23,17 +23,34 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
     Raises ``OSError``/``ValueError`` subclasses for unreadable files (callers record them).
     """
-    with Image.open(path) as image:
+    image = Image.open(path)
+    try:
         image.load()  # decode now so truncated files fail here, not later
-        image = ImageOps.exif_transpose(image)
-        if image.mode.startswith("I;16"):
-            # 16-bit samples: convert() would clip them to 255 (a white image); scale to 8 bits
-            image = image.convert("I").point(lambda v: v / 257).convert("L")
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+        if getattr(image, "n_frames", 1) > 1 or image.mode != "RGB":
+            converted = _to_rgb(image)
+            image.close()  # multi-frame files keep their file open until closed
+            return converted
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            return ImageOps.exif_transpose(image)
+        return image  # the common case, no copy: load() has released the file already
+    except BaseException:
+        image.close()
+        raise
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):
+        # 16-bit samples: convert() would clip them to 255 (a white image); scale to 8 bits
+        image = image.convert("I").point(lambda v: v / 257).convert("L")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _scan_folder(root: Path) -> pd.DataFrame:

@@ -1,0 +1,288 @@
+"""The Ray engine (``engine="ray"``) on a local two-CPU Ray: the same dataset as the local
+engine, resume, bad images, worker errors, the CLI flags, resource planning, and the
+one-line error when Ray is missing.
+
+Ray starts once for the module (~5-20 s); tests needing it skip when Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from embedkit_pixels import PixelsBackbone
+from PIL import Image
+
+import embedkit
+from embedkit import BackboneError, EmbedkitError, InputError, open_latents
+from embedkit.cli import main
+from embedkit.corpus import make_shapes
+from embedkit.ray_engine import ACTORS_ENV, MISSING_RAY, _one_line, _plan
+from embedkit.store import ERRORS_DIR
+
+N = 200
+# Ray Data's own deprecation notices about its settings, not about embedkit
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[object]:
+    """A local Ray with two CPUs for the whole module, shut down after it."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'embedkit[ray]'")
+    pytest.importorskip("ray.data", reason="Ray Data is missing: pip install 'embedkit[ray]'")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """labels.parquet of 200 32px shapes (id, path and seven carried columns)."""
+    return make_shapes(tmp_path_factory.mktemp("shapes"), n=N, size=32)
+
+
+@pytest.fixture(scope="module")
+def local_out(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shapes embedded by the local engine: what the Ray engine must reproduce."""
+    out = tmp_path_factory.mktemp("local") / "lat"
+    embedkit.embed(shapes, "pixels", out, num_workers=0, batch_size=32, progress=False)
+    return out
+
+
+def run_ray(source, out: Path, backbone="pixels", **kwargs) -> embedkit.EmbedResult:
+    kwargs = {"batch_size": 32, "progress": False, **kwargs}
+    return embedkit.embed(source, backbone, out, engine="ray", **kwargs)
+
+
+def by_id(out: Path) -> pd.DataFrame:
+    """Every column, sorted by id, the embedding as one ``[N, D]`` array in ``attrs``."""
+    ds = open_latents(out)
+    frame = ds.to_pandas(embedding=False)
+    order = np.argsort(frame["id"].to_numpy())
+    frame = frame.iloc[order].reset_index(drop=True)
+    frame.attrs["vectors"] = ds.to_numpy()[order]
+    return frame
+
+
+def write_images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        rgb = np.random.default_rng(i).integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+        paths.append(folder / f"img_{i}.png")
+        Image.fromarray(rgb).save(paths[-1])
+    return paths
+
+
+# -- the same dataset as the local engine ------------------------------------------------
+
+
+def test_same_dataset_as_local_engine(
+    ray_cluster, shapes: Path, local_out: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "lat"
+    result = run_ray(shapes, out)
+
+    assert (result.path, result.embedded, result.skipped, result.errors) == (out, N, 0, 0)
+    got, want = by_id(out), by_id(local_out)
+    assert got["id"].tolist() == want["id"].tolist()
+    assert len(set(got["id"])) == N
+    np.testing.assert_allclose(got.attrs["vectors"], want.attrs["vectors"], atol=1e-5, rtol=0)
+    pd.testing.assert_frame_equal(got, want)  # source and every carried column
+    ray_ds, local_ds = open_latents(out), open_latents(local_out)
+    assert ray_ds.schema.remove_metadata() == local_ds.schema.remove_metadata()
+    strip = {"created": ""}
+    assert ray_ds.meta.__dict__ | strip == local_ds.meta.__dict__ | strip
+    assert [f.name for f in ray_ds.files] == ["part-00000.parquet"]
+    assert not list(out.glob(".*.tmp"))
+    assert not (out / ERRORS_DIR).exists()
+
+
+def test_resume_embeds_only_the_rest(ray_cluster, shapes: Path, local_out: Path, tmp_path: Path):
+    labels = pd.read_parquet(shapes)
+    half = labels.iloc[: N // 2].copy()
+    half["path"] = [str(shapes.parent / p) for p in half["path"]]  # the table is elsewhere
+    half_table = tmp_path / "half.parquet"
+    half.to_parquet(half_table)
+    out = tmp_path / "lat"
+
+    first = run_ray(half_table, out)
+    second = run_ray(shapes, out)
+    third = run_ray(shapes, out)  # nothing left: returns before Ray does any work
+
+    assert (first.embedded, first.skipped) == (N // 2, 0)
+    assert (second.embedded, second.skipped, second.errors) == (N - N // 2, N // 2, 0)
+    assert (third.embedded, third.skipped) == (0, N)
+    ids = open_latents(out).ids().tolist()
+    assert len(ids) == len(set(ids)) == N
+    got, want = by_id(out), by_id(local_out)
+    np.testing.assert_allclose(got.attrs["vectors"], want.attrs["vectors"], atol=1e-5, rtol=0)
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_bad_image_is_recorded_not_raised(ray_cluster, tmp_path: Path) -> None:
+    src = tmp_path / "imgs"
+    write_images(src, 6)
+    garbage = src / "garbage.png"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing sensible")
+
+    result = run_ray(src, tmp_path / "ray")
+    local = embedkit.embed(src, "pixels", tmp_path / "local", num_workers=0, progress=False)
+
+    assert (result.embedded, result.errors) == (6, 1)
+    errors = open_latents(tmp_path / "ray").errors()
+    assert errors["source"].tolist() == [str(garbage)]
+    assert errors["reason"].iloc[0].startswith("UnidentifiedImageError: ")
+    assert errors.equals(open_latents(tmp_path / "local").errors())
+    assert local.errors == 1
+    assert sorted(open_latents(tmp_path / "ray").ids()) == [f"img_{i}.png" for i in range(6)]
+    again = run_ray(src, tmp_path / "ray")  # the failed input is not retried by default
+    assert (again.embedded, again.skipped, again.errors) == (0, 7, 0)
+
+
+class Exploding(PixelsBackbone):
+    """Decodes fine, but the model fails: an error of the run, not of one image."""
+
+    def forward(self, batch):
+        raise BackboneError("the model exploded")
+
+
+def test_worker_error_comes_back_in_one_line(ray_cluster, tmp_path: Path) -> None:
+    src = tmp_path / "imgs"
+    write_images(src, 4)
+    # a Backbone object is shipped to the actors as is (by value: tests/ is not a package)
+    pickler = ray_cluster.cloudpickle
+    pickler.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with pytest.raises(BackboneError) as info:
+            run_ray(src, tmp_path / "lat", backbone=Exploding(device="cpu"))
+    finally:
+        pickler.unregister_pickle_by_value(sys.modules[__name__])
+    assert str(info.value) == "the model exploded"
+    assert not list((tmp_path / "lat").glob("part-*.parquet"))
+
+
+def test_one_line_from_ray_traceback_text() -> None:
+    class Wrapped(Exception):
+        pass
+
+    text = (
+        "ray::MapWorker(MapBatches(_Encoder)).submit() (pid=1)\n"
+        '  File "x.py", line 3, in forward\n'
+        "embedkit.errors.BackboneNotFound: unknown backbone 'x'\n\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "ray.exceptions.UserCodeException: UDF failed to process a data block."
+    )
+    outer = Wrapped("UDF failed")
+    outer.__cause__ = Exception(text)
+    error = _one_line(outer)
+    assert type(error) is embedkit.BackboneNotFound
+    assert str(error) == "unknown backbone 'x'"
+    other = Exception('  File "y.py"\ntorch.OutOfMemoryError: CUDA out of memory\nmore')
+    assert str(_one_line(other)) == "the ray engine failed: OutOfMemoryError: CUDA out of memory"
+    assert str(_one_line(Wrapped("plain"))) == "the ray engine failed: Wrapped: plain"
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def test_cli_engine_ray(ray_cluster, shapes: Path, tmp_path: Path, capsys) -> None:
+    out, local = tmp_path / "ray", tmp_path / "local"
+    args = ["--normalize", "--dtype", "float16", "--batch-size", "16"]
+    main(["embed", str(shapes), "-b", "pixels", "-o", str(out), "--engine", "ray", *args])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"embedded {N} images (")
+    assert line.endswith(f"skipped 0 already present, 0 errors -> {out}")
+    main(["embed", str(shapes), "-b", "pixels", "-o", str(local), "--workers", "0", *args])
+    got, want = by_id(out), by_id(local)
+    assert open_latents(out).meta.normalized and open_latents(out).meta.dtype == "float16"
+    assert pq.read_schema(next(out.glob("part-*.parquet"))).field("embedding").type == (
+        pq.read_schema(next(local.glob("part-*.parquet"))).field("embedding").type
+    )
+    np.testing.assert_allclose(got.attrs["vectors"], want.attrs["vectors"], atol=1e-3, rtol=0)
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_cli_address_needs_engine_ray(tmp_path: Path, capsys) -> None:
+    write_images(tmp_path / "imgs", 1)
+    argv = ["embed", str(tmp_path / "imgs"), "-b", "pixels", "-o", str(tmp_path / "lat")]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--address", "ray://head:10001"])
+    assert info.value.code == 1
+    assert capsys.readouterr().err == "error: ray_address needs engine='ray' (--engine ray)\n"
+    with pytest.raises(SystemExit):
+        main([*argv, "--engine", "spark"])
+    assert "'spark' is not one of 'local', 'ray'" in capsys.readouterr().err
+
+
+# -- without Ray ---------------------------------------------------------------------------
+
+
+def test_missing_ray_is_a_one_line_error(monkeypatch, tmp_path: Path, capsys) -> None:
+    write_images(tmp_path / "imgs", 2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(EmbedkitError) as info:
+        embedkit.embed(tmp_path / "imgs", "pixels", tmp_path / "lat", engine="ray")
+    assert str(info.value) == MISSING_RAY == "the ray engine needs Ray: pip install 'embedkit[ray]'"
+    assert not (tmp_path / "lat").exists()  # refused before anything was written
+    argv = ["embed", str(tmp_path / "imgs"), "-b", "pixels", "-o", str(tmp_path / "lat")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--engine", "ray"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"error: {MISSING_RAY}\n"
+
+
+def test_unknown_engine(tmp_path: Path) -> None:
+    write_images(tmp_path / "imgs", 1)
+    with pytest.raises(InputError, match="engine 'dask' is not supported; use local or ray"):
+        embedkit.embed(tmp_path / "imgs", "pixels", tmp_path / "lat", engine="dask")
+
+
+# -- resource planning (no cluster: a stand-in for ray.cluster_resources) ----------------
+
+
+def fake_ray(cpus: float, gpus: float = 0) -> SimpleNamespace:
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return SimpleNamespace(cluster_resources=lambda: resources)
+
+
+def test_plan_gpu_cluster_one_actor_per_gpu(monkeypatch) -> None:
+    monkeypatch.delenv(ACTORS_ENV, raising=False)
+    plan = _plan(fake_ray(32, gpus=4), None, None, None)
+    assert (plan["actors"], plan["gpus_per_actor"], plan["device"]) == (4, 1.0, "cuda")
+    plan = _plan(fake_ray(32, gpus=4), None, None, 0.5)
+    assert (plan["actors"], plan["gpus_per_actor"]) == (8, 0.5)
+    plan = _plan(fake_ray(32, gpus=4), "cpu", None, None)  # device=cpu: no GPUs asked for
+    assert (plan["gpus_per_actor"], plan["device"], plan["actors"]) == (0.0, "cpu", 16)
+
+
+def test_plan_cpu_cluster_leaves_cores_to_decode(monkeypatch) -> None:
+    monkeypatch.delenv(ACTORS_ENV, raising=False)
+    plan = _plan(fake_ray(16), None, None, None)
+    assert (plan["actors"], plan["actor_cpus"], plan["device"]) == (8, 1.0, "cpu")
+    assert _plan(fake_ray(2), None, None, None)["actors"] == 1
+    assert _plan(fake_ray(4), None, 10, None)["actors"] == 3  # one core always decodes
+    small = _plan(fake_ray(1), None, None, None)
+    assert (small["actors"], small["actor_cpus"], small["decode_cpus"]) == (1, 0.5, 0.5)
+    monkeypatch.setenv(ACTORS_ENV, "2")
+    assert _plan(fake_ray(16), None, None, None)["actors"] == 2
+    monkeypatch.setenv(ACTORS_ENV, "many")
+    with pytest.raises(InputError, match=r"\$EMBEDKIT_RAY_ACTORS must be an integer"):
+        _plan(fake_ray(16), None, None, None)
+    with pytest.raises(InputError, match="at least one actor"):
+        _plan(fake_ray(16), None, 0, None)
