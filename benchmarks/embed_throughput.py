@@ -41,10 +41,10 @@ def naive_loop(backbone, paths: list[Path], batch_size: int = 1) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def pipeline(backbone, folder: Path, batch_size: int, workers: int | None) -> float:
+def pipeline(backbone, paths: list[Path], batch_size: int, workers: int | None) -> float:
     with tempfile.TemporaryDirectory() as out:
         result = embedkit.embed(
-            folder, backbone, out, batch_size=batch_size, num_workers=workers, progress=False
+            paths, backbone, out, batch_size=batch_size, num_workers=workers, progress=False
         )
         return result.images_per_second
 
@@ -71,7 +71,7 @@ def main() -> None:
     runs: dict[str, list[float]] = {"raw": [], "pipeline": [], "naive": [], "naive_batched": []}
     for _ in range(args.repeats):
         runs["raw"].append(raw_forward(backbone, tensors, args.batch_size))
-        runs["pipeline"].append(pipeline(backbone, folder, args.batch_size, args.workers))
+        runs["pipeline"].append(pipeline(backbone, paths, args.batch_size, args.workers))
         runs["naive"].append(naive_loop(backbone, paths))
         runs["naive_batched"].append(naive_loop(backbone, paths, args.batch_size))
     raw, piped, naive, naive_batched = (max(runs[k]) for k in runs)
@@ -89,7 +89,8 @@ def main() -> None:
     }
     for key, value in figures.items():
         print(f"{key:>18}: {value}")
-    print(f"results -> {save_results('embed_throughput', figures)}")
+    name = "embed_throughput_" + args.backbone.replace("/", "_")
+    print(f"results -> {save_results(name, figures)}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ HERE = Path(__file__).parent
 # suite stays under 10 minutes on a 2-core CPU
 SCRIPTS = {
     "embed_throughput.py": ([], ["--n", "64", "--repeats", "1"]),
+    "embed_throughput.py --backbone pixels": (
+        ["--backbone", "pixels", "--n", "2000"],
+        ["--backbone", "pixels", "--n", "500", "--repeats", "1"],
+    ),
     "search.py": ([], ["--rows", "20000"]),
     "read_latents.py": ([], ["--rows", "200000"]),
     "memory.py": ([], ["--n", "200"]),
@@ -41,9 +45,11 @@ def markdown(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
+    parser.add_argument("--collect-only", action="store_true", help="only rebuild latest.*")
     args = parser.parse_args()
     status = 0
-    for script, (full_args, quick_args) in SCRIPTS.items():
+    for script, (full_args, quick_args) in ({} if args.collect_only else SCRIPTS).items():
+        script = script.split()[0]  # keys may carry a label after the file name
         if not (HERE / script).exists():
             continue
         started = time.monotonic()
