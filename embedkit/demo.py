@@ -77,7 +77,7 @@ def _arithmetic_sections(report, latents: Path, out: Path, stats: dict) -> None:
     found, join = attribute_vectors(ds, ["filled", "color", "shape", "size"])
     save_vectors(found, out / "attribute_vectors.parquet")
     table = pd.DataFrame([v.stats() for v in found])
-    stats["attribute_auc"] = {v.name: v.auc for v in found if v.column in ("filled", "size")}
+    stats["attribute_auc"] = {v.name: v.auc for v in found if v.name in ("filled", "size=large")}
     report.heading("Attribute vectors")
     report.text(
         "centroid(with) - centroid(without); AUC and Cohen's d score the projection "
