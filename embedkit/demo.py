@@ -67,7 +67,7 @@ class _Stages:
 def _arithmetic_sections(report, latents: Path, out: Path, stats: dict) -> None:
     from embedkit.algebra import apply_vector, attribute_vector, attribute_vectors
     from embedkit.corpus import color_of
-    from embedkit.latents_report import _save
+    from embedkit.latents_report import save_figure
     from embedkit.pictures import analogy_grid, attribute_sweep
     from embedkit.registry import load_backbone
     from embedkit.store import open_latents
@@ -98,7 +98,7 @@ def _arithmetic_sections(report, latents: Path, out: Path, stats: dict) -> None:
         f"{stats['red_edit_rate']:.0%} of the decoded images red (colour measured on "
         "the decoded pixels)."
     )
-    _save(
+    save_figure(
         report,
         out,
         "sweep_color.png",
@@ -107,7 +107,7 @@ def _arithmetic_sections(report, latents: Path, out: Path, stats: dict) -> None:
     )
     outline = frame[~frame["filled"].astype(bool)]["id"].tolist()
     filled = next(v for v in found if v.name == "filled")
-    _save(
+    save_figure(
         report,
         out,
         "sweep_filled.png",
@@ -117,7 +117,9 @@ def _arithmetic_sections(report, latents: Path, out: Path, stats: dict) -> None:
     first = frame.groupby("color")["id"].first()
     if {"red", "blue", "green"} <= set(first.index):
         triple = (first["green"], first["blue"], first["red"])
-        _save(report, out, "analogy.png", "green - blue + red", analogy_grid(ds, [triple], cell=64))
+        save_figure(
+            report, out, "analogy.png", "green - blue + red", analogy_grid(ds, [triple], cell=64)
+        )
 
 
 def run_demo(

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from embedkit.cluster import kmeans
-from embedkit.pictures import _Renderer, interpolation_strip, neighbour_grid
+from embedkit.pictures import LatentRenderer, interpolation_strip, neighbour_grid
 from embedkit.render import image_grid, save_png
 from embedkit.report import Report, pca_2d, scatter_svg
 from embedkit.store import LatentDataset, open_latents
 
-__all__ = ["build_report", "decoder_sections", "latents_report"]
+__all__ = ["build_report", "decoder_sections", "latents_report", "save_figure"]
 
 MAX_SCATTER = 3000
 
@@ -42,7 +42,8 @@ def _sample_ids(ds: LatentDataset, n: int, seed: int) -> list[str]:
     return [str(i) for i in rng.choice(ids, size=min(n, len(ids)), replace=False)]
 
 
-def _save(report: Report, out: Path, name: str, caption: str, image) -> None:
+def save_figure(report: Report, out: Path, name: str, caption: str, image) -> None:
+    """Save ``image`` as ``out/name`` and inline it in ``report`` with a link to the PNG."""
     path = save_png(image, out / name)
     report.image(caption, image, path)
 
@@ -66,7 +67,7 @@ def summary_table(ds: LatentDataset) -> pd.DataFrame:
 
 
 def decoder_sections(
-    report: Report, ds: LatentDataset, out: Path, renderer: _Renderer, seed: int = 0
+    report: Report, ds: LatentDataset, out: Path, renderer: LatentRenderer, seed: int = 0
 ) -> None:
     """Reconstructions and interpolation strips (only for backbones with a decoder)."""
     ids = _sample_ids(ds, 8, seed + 1)
@@ -75,11 +76,11 @@ def decoder_sections(
     report.heading("Reconstructions")
     report.text("Top: corpus images. Bottom: decoder(encoder(image)).")
     grid = image_grid([originals, decoded], 72, [ids, ["decoded"] * len(ids)])
-    _save(report, out, "reconstructions.png", "original vs reconstruction", grid)
+    save_figure(report, out, "reconstructions.png", "original vs reconstruction", grid)
     report.heading("Interpolation")
     for n, (a, b) in enumerate([(ids[0], ids[1]), (ids[2], ids[3])]):
         strip = interpolation_strip(ds, a, b, steps=8, mode="decode", cell=72)
-        _save(
+        save_figure(
             report, out, f"interpolation_{n}.png", f"{a} → {b}: lerp (top), slerp (bottom)", strip
         )
 
@@ -105,11 +106,11 @@ def build_report(
     report.heading("Summary")
     report.table(summary_table(ds))
 
-    renderer = _Renderer(ds, "auto", 64)
+    renderer = LatentRenderer(ds, "auto", 64)
     sample = _sample_ids(ds, 24, seed)
     report.heading("Corpus sample")
     images = renderer.source_images(sample)
-    _save(
+    save_figure(
         report,
         out,
         "corpus_sample.png",
@@ -119,7 +120,7 @@ def build_report(
 
     report.heading("Nearest neighbours")
     found = neighbors(ds, ids=sample[:queries], k=k)
-    _save(
+    save_figure(
         report,
         out,
         "neighbours.png",
@@ -135,7 +136,7 @@ def build_report(
         members = assignments[assignments["cluster"] == c].nsmallest(8, "distance")
         rows.append(renderer.source_images(members["id"].astype(str).tolist()))
         titles.append(f"cluster {c} (n={int(result.sizes[c])})")
-    _save(
+    save_figure(
         report,
         out,
         "clusters.png",

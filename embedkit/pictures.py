@@ -22,6 +22,7 @@ from embedkit.render import image_grid, load_thumbnail, save_png
 from embedkit.store import LatentDataset, open_latents
 
 __all__ = [
+    "LatentRenderer",
     "analogy_grid",
     "attribute_sweep",
     "interpolation_strip",
@@ -32,7 +33,7 @@ __all__ = [
 Endpoint = str | os.PathLike
 
 
-class _Renderer:
+class LatentRenderer:
     """Turns latents into images for one dataset: decode, or nearest corpus image."""
 
     def __init__(
@@ -101,7 +102,7 @@ def render_latents(
     latents: str | Path | LatentDataset, z: np.ndarray, mode: str = "auto"
 ) -> list[Image.Image | None]:
     """Latents ``[M, D]`` -> images, decoded or as nearest corpus images."""
-    return _Renderer(latents, mode).render(z)[0]
+    return LatentRenderer(latents, mode).render(z)[0]
 
 
 def _finish(grid: Image.Image, out: str | os.PathLike | None) -> Image.Image:
@@ -124,7 +125,7 @@ def attribute_sweep(
     Example:
         >>> attribute_sweep("latents/", v, ["a.png", "b.png"], out="sweep.png")
     """
-    renderer = _Renderer(latents, mode, cell)
+    renderer = LatentRenderer(latents, mode, cell)
     z = vectors_for_ids(renderer.ds, ids)
     edited = apply_vector(z, vector, list(alphas), backbone=renderer.ds.backbone)
     images, _ = renderer.render(edited.reshape(-1, z.shape[1]))
@@ -147,7 +148,7 @@ def interpolation_strip(
     cell: int = 96,
 ) -> Image.Image:
     """One row per method: ``steps`` latents from ``start`` to ``end`` (ids or image files)."""
-    renderer = _Renderer(latents, mode, cell)
+    renderer = LatentRenderer(latents, mode, cell)
     z1, z2 = renderer.encode_endpoint(start), renderer.encode_endpoint(end)
     rows, captions = [], []
     for method in methods:
@@ -169,7 +170,7 @@ def analogy_grid(
     cell: int = 96,
 ) -> Image.Image:
     """Rows ``a, b, c, a - b + c`` for each ``(a, b, c)`` triple of ids."""
-    renderer = _Renderer(latents, mode, cell)
+    renderer = LatentRenderer(latents, mode, cell)
     flat = [i for triple in triples for i in triple]
     z = vectors_for_ids(renderer.ds, flat).reshape(len(triples), 3, -1)
     results, _ = renderer.render(analogy(z[:, 0], z[:, 1], z[:, 2]))
@@ -186,7 +187,7 @@ def neighbour_grid(
     cell: int = 96,
 ) -> Image.Image:
     """One row per query: the query image (when it is an id or a file), then its neighbours."""
-    renderer = _Renderer(latents, "neighbors", cell)
+    renderer = LatentRenderer(latents, "neighbors", cell)
     score = "score" if "score" in results.columns else "distance"
     rows, captions, titles = [], [], []
     for query, group in results.sort_values(["query", "rank"]).groupby("query", sort=False):
