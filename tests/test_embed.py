@@ -17,28 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from embedkit_pixels import PixelsBackbone
+from images import expected_vectors, make_images
 from PIL import Image
 
 import embedkit
-from embedkit import Backbone, BackboneInfo, EmbedResult, InputError, load_image, open_latents
-
-
-def make_images(folder: Path, n: int, start: int = 0, size: int = 32) -> list[Path]:
-    """``n`` random RGB PNGs ``img_XXXX.png`` (deterministic per index)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        rng = np.random.default_rng(i)
-        path = folder / f"img_{i:04d}.png"
-        Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def expected_vectors(paths: list[Path], **options) -> np.ndarray:
-    """What the pixels backbone gives each image, computed without the pipeline."""
-    backbone = PixelsBackbone(device="cpu", **options)
-    return backbone.encode_images([load_image(p) for p in paths]).numpy()
+from embedkit import Backbone, BackboneInfo, EmbedResult, InputError, open_latents
 
 
 def vectors_by_id(out: Path) -> dict[str, np.ndarray]:

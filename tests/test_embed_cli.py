@@ -15,31 +15,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from embedkit_pixels import PixelsBackbone
+from images import expected_vectors, make_images
 from PIL import Image
 
-from embedkit import load_image, open_latents
+from embedkit import open_latents
 from embedkit.cli import main, parse_options
 
 SUMMARY = re.compile(
     r"^embedded (\d+) images \(\d+\.\d/s\), skipped (\d+) already present, (\d+) errors -> (.+)$"
 )
-
-
-def make_images(folder: Path, n: int, start: int = 0, size: int = 32) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        rng = np.random.default_rng(i)
-        path = folder / f"img_{i:04d}.png"
-        Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def expected_vectors(paths: list[Path], **options) -> np.ndarray:
-    backbone = PixelsBackbone(device="cpu", **options)
-    return backbone.encode_images([load_image(p) for p in paths]).numpy()
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
