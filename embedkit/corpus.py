@@ -13,7 +13,6 @@ returns at once.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from embedkit.errors import InputError
+from embedkit.files import atomic_path
 
 __all__ = [
     "COLORS",
@@ -97,9 +97,8 @@ def make_shapes(out_dir: str | Path, n: int = 5000, size: int = 64, seed: int = 
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), META_KEY: json.dumps(params).encode()}
     )
-    tmp = labels_path.with_name(f".{LABELS}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, labels_path)
+    with atomic_path(labels_path) as tmp:
+        pq.write_table(table, tmp)
     return labels_path
 
 
@@ -171,9 +170,8 @@ def _draw(row, size: int, seed: int) -> Image.Image:
 
 
 def _save_png_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def read_labels(root: str | Path) -> pd.DataFrame:

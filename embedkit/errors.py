@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BackboneError", "BackboneNotFound", "EmbedkitError", "InputError", "PluginError"]
+__all__ = [
+    "BackboneError",
+    "BackboneNotFound",
+    "EmbedkitError",
+    "InputError",
+    "PluginError",
+    "first_line",
+]
 
 
 class EmbedkitError(Exception):
@@ -23,3 +30,11 @@ class BackboneError(EmbedkitError):
 
 class PluginError(EmbedkitError):
     """A plugin failed to load or to run one of its hooks."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name if it has none), for
+    folding a library's error into one of our one-line messages."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit] if limit else line

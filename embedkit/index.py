@@ -17,9 +17,7 @@ The ``auto`` rules are in :mod:`embedkit.index_params`.
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,7 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from embedkit.errors import InputError
+from embedkit.errors import InputError, first_line
+from embedkit.files import atomic_path
 from embedkit.index_params import (
     MAX_TRAIN_ROWS,
     TRAIN_POINTS_PER_CENTROID,
@@ -504,13 +503,11 @@ def _save(loaded: LoadedIndex) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     info_path = folder / INFO_FILE
     info_path.unlink(missing_ok=True)  # index.json is written last: it marks a complete index
-    tmp = folder / f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    faiss.write_index(_cpu(loaded.index, loaded.on_gpu), str(tmp))
-    os.replace(tmp, folder / INDEX_FILE)
+    with atomic_path(folder / INDEX_FILE) as tmp:
+        faiss.write_index(_cpu(loaded.index, loaded.on_gpu), str(tmp))
     atomic_write_table(pa.table({"id": pa.array(loaded.ids, pa.string())}), folder / IDS_FILE)
-    tmp = folder / f".{INFO_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(loaded.info.to_json())
-    os.replace(tmp, info_path)
+    with atomic_path(info_path) as tmp:
+        tmp.write_text(loaded.info.to_json())
     return folder
 
 
@@ -593,9 +590,9 @@ def load_index(
         index = _read_faiss(folder / INDEX_FILE, mmap)
         ids = pq.read_table(folder / IDS_FILE).column("id").to_numpy(zero_copy_only=False)
     except (RuntimeError, OSError, pa.ArrowInvalid, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"cannot read the index in {folder} ({first}); re-run `embedkit index {ds.path}`"
+            f"cannot read the index in {folder} ({first_line(exc)}); "
+            f"re-run `embedkit index {ds.path}`"
         ) from None
     if index.ntotal != len(ids) or index.d != ds.dim:
         raise InputError(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedkit.backbone import Backbone, BackboneInfo
-from embedkit.errors import BackboneError, BackboneNotFound, PluginError
+from embedkit.errors import BackboneError, BackboneNotFound, PluginError, first_line
 from embedkit.plugins import call_hook
 
 __all__ = ["BackboneEntry", "list_backbones", "load_backbone"]
@@ -103,9 +103,8 @@ def _build(name: str, factory: Callable[..., Backbone], args: tuple, options: di
     try:
         return factory(*args, **options)
     except (TypeError, ValueError) as exc:  # bad option names or values from the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(
-            f"cannot build backbone {name!r} with options {options}: {first}; "
+            f"cannot build backbone {name!r} with options {options}: {first_line(exc)}; "
             "check the option names and values"
         ) from exc
 

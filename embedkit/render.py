@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from embedkit.files import atomic_path
 from embedkit.sources import load_image
 
 __all__ = ["image_grid", "load_thumbnail", "save_png"]
@@ -88,9 +88,6 @@ def image_grid(
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Save atomically (temp file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

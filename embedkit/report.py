@@ -6,13 +6,14 @@ import base64
 import html
 import io
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from embedkit.files import atomic_path
 
 __all__ = ["Report", "pca_2d", "scatter_svg"]
 
@@ -152,9 +153,6 @@ class Report:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write atomically; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.render(), encoding="utf-8")
+        return Path(path)

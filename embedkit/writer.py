@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from embedkit.backbone import BackboneInfo
 from embedkit.errors import InputError
+from embedkit.files import atomic_path
 from embedkit.store import (
     EMBEDDING,
     ERRORS_DIR,
@@ -36,9 +37,8 @@ _PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` via a hidden temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 # Parquet stores a list column's floats with per-value levels; compressing or

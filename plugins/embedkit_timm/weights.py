@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from embedkit.errors import BackboneError
+from embedkit.errors import BackboneError, first_line
 
 WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model_state_dict", "model")
 
@@ -33,9 +33,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"weights file {path} contains pickled Python objects, refused for safety; "
                 "save a plain state dict (model.state_dict()) or use safetensors"
             ) from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(
-            f"weights file {path} is corrupt or not a weights file ({first[:160]}); "
+            f"weights file {path} is corrupt or not a weights file ({first_line(exc, 160)}); "
             "expected a safetensors file or a torch state dict"
         ) from exc
     for key in WRAPPER_KEYS:

@@ -13,8 +13,6 @@ mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from embedkit.errors import BackboneError, InputError
+from embedkit.errors import BackboneError, InputError, first_line
+from embedkit.files import atomic_path
 from embedkit_vae.models import AutoEncoder, ModelConfig
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "FORMAT",
     "STATE",
     "WEIGHTS",
-    "atomic_path",
     "check_weights",
     "load_model",
     "load_train_state",
@@ -45,18 +43,6 @@ STATE = "train_state.safetensors"
 FORMAT = "embedkit-autoencoder"
 VERSION = 1
 _READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary sibling of ``path``; move it onto ``path`` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,7 +76,7 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
             state = json.loads((f.metadata() or {})["state"])
     except (*_READ_ERRORS, KeyError) as exc:
         raise InputError(
-            f"training state {path} is unreadable ({_first_line(exc)}); delete {path.parent} "
+            f"training state {path} is unreadable ({first_line(exc, 160)}); delete {path.parent} "
             "or train with resume=False (--no-resume) to start over"
         ) from exc
     return tensors, state
@@ -116,7 +102,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         ModelConfig.from_dict(config["model"])
     except (ValueError, KeyError, TypeError, AttributeError, BackboneError) as exc:
         raise BackboneError(
-            f"{path} is corrupt or not from `embedkit train` ({_first_line(exc)}); "
+            f"{path} is corrupt or not from `embedkit train` ({first_line(exc, 160)}); "
             f"retrain into {run_dir}"
         ) from exc
     return config
@@ -134,7 +120,7 @@ def load_model(run_dir: str | Path) -> tuple[AutoEncoder, dict[str, Any]]:
         weights = load_file(str(path), device="cpu")
     except _READ_ERRORS as exc:
         raise BackboneError(
-            f"weights file {path} is corrupt ({_first_line(exc)}); retrain or restore it"
+            f"weights file {path} is corrupt ({first_line(exc, 160)}); retrain or restore it"
         ) from exc
     model = AutoEncoder(model_config)
     check_weights(model, weights, path, model_config)
@@ -162,8 +148,3 @@ def check_weights(
         f"{config.image_size}px, latent_dim={config.latent_dim}): {detail}; "
         "restore the matching config.json or retrain"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]

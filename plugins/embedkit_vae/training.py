@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from embedkit.device import resolve_device
 from embedkit.errors import EmbedkitError, InputError
+from embedkit.files import atomic_path
 from embedkit_vae.checkpoint import (
     STATE,
-    atomic_path,
     load_train_state,
     save_model,
     save_train_state,
