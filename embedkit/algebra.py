@@ -277,15 +277,8 @@ def attribute_vectors(
 
 
 def vectors_for_ids(latents: str | Path | LatentDataset, ids: Sequence[str]) -> np.ndarray:
-    """The stored vectors of ``ids`` in the order given (one vectorized lookup)."""
-    ds = open_latents(latents)
-    all_ids = pd.Index(ds.ids())
-    wanted = [str(i) for i in ids]
-    positions = all_ids.get_indexer(wanted)
-    if (positions < 0).any():
-        missing = wanted[int(np.flatnonzero(positions < 0)[0])]
-        raise InputError(f"id {missing!r} is not in {ds.path}")
-    return ds.to_numpy()[positions].astype(np.float32)
+    """The stored vectors of ``ids`` in the order given, as float32."""
+    return open_latents(latents).vectors_of(ids).astype(np.float32)
 
 
 def _check_backbone(a: BackboneInfo, b: BackboneInfo) -> None:

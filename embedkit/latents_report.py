@@ -72,7 +72,7 @@ def decoder_sections(
     """Reconstructions and interpolation strips (only for backbones with a decoder)."""
     ids = _sample_ids(ds, 8, seed + 1)
     originals = renderer.source_images(ids)
-    decoded, _ = renderer.render(np.stack([ds.filter(id=i).to_numpy()[0] for i in ids]))
+    decoded, _ = renderer.render(ds.vectors_of(ids))
     report.heading("Reconstructions")
     report.text("Top: corpus images. Bottom: decoder(encoder(image)).")
     grid = image_grid([originals, decoded], 72, [ids, ["decoded"] * len(ids)])

@@ -19,7 +19,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from embedkit.errors import InputError
 from embedkit.index import (
@@ -32,7 +31,11 @@ from embedkit.index import (
     load_index,
     read_info,
 )
-from embedkit.store import EMBEDDING, LatentDataset, open_latents, vectors_from_column
+from embedkit.store import (
+    LatentDataset,
+    missing_ids_message,
+    open_latents,
+)
 
 __all__ = ["clear_index_cache", "load_vector_file", "neighbors"]
 
@@ -112,24 +115,6 @@ def _as_list(value: Any) -> list:
     if isinstance(value, (str, Path)) or not isinstance(value, Sequence | np.ndarray | pd.Series):
         return [value]
     return list(value)
-
-
-def _vectors_of_ids(ds: LatentDataset, ids: list[str]) -> np.ndarray:
-    """Stored vectors of ``ids`` (in that order), read with one filtered scan."""
-    table = ds.dataset.to_table(columns=["id", EMBEDDING], filter=pc.field("id").isin(ids))
-    where = pc.index_in(pa.array(ids, pa.string()), value_set=table.column("id"))
-    if where.null_count:
-        absent = [ids[i] for i in np.flatnonzero(where.is_null().to_numpy(zero_copy_only=False))]
-        raise InputError(_missing_ids_message(absent, ds))
-    return vectors_from_column(table.column(EMBEDDING).take(where), ds.dim)
-
-
-def _missing_ids_message(absent: list[str], ds: LatentDataset) -> str:
-    shown = ", ".join(repr(a) for a in absent[:3]) + (" ..." if len(absent) > 3 else "")
-    return (
-        f"id {shown} not found in {ds.path} ({len(absent)} missing); "
-        "check the ids (see the `id` column) or re-run `embedkit index`"
-    )
 
 
 def _query_vectors(vectors: Any, dim: int) -> np.ndarray:
@@ -272,8 +257,8 @@ def neighbors(
         self_rows = loaded.rows_of(np.asarray(query_ids, dtype=object))
         if (self_rows < 0).any():
             absent = [query_ids[i] for i in np.flatnonzero(self_rows < 0)]
-            raise InputError(_missing_ids_message(absent, ds))
-        raw = _vectors_of_ids(ds, query_ids)
+            raise InputError(missing_ids_message(absent, ds.path))
+        raw = ds.vectors_of(query_ids)
         labels: Any = query_ids
         if not exclude_self:
             self_rows = None

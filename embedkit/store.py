@@ -125,6 +125,15 @@ def vectors_from_column(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndar
     return out
 
 
+def missing_ids_message(absent: Sequence[str], path: Path) -> str:
+    """One line naming ids that are not in the latent dataset at ``path``."""
+    shown = ", ".join(repr(a) for a in absent[:3]) + (" ..." if len(absent) > 3 else "")
+    return (
+        f"id {shown} not found in {path} ({len(absent)} missing); "
+        "check the ids (see the `id` column) or re-run `embedkit index`"
+    )
+
+
 def _equals_filter(equals: dict[str, Any]) -> pc.Expression:
     expr = None
     for column, value in equals.items():
@@ -238,6 +247,24 @@ class LatentDataset:
     def ids(self) -> np.ndarray:
         """Row ids in storage order (the order of :meth:`to_numpy`)."""
         return self.to_table(["id"]).column("id").to_numpy(zero_copy_only=False)
+
+    def vectors_of(self, ids: Sequence[Any]) -> np.ndarray:
+        """The stored vectors of ``ids`` in the order given (repeats allowed), read with
+        one filtered scan rather than loading the whole dataset."""
+        wanted = [str(i) for i in ids]
+        if not wanted:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        expr = pc.field("id").isin(wanted)
+        if self.expression is not None:
+            expr = expr & self.expression
+        table = self.dataset.to_table(columns=["id", EMBEDDING], filter=expr)
+        where = pc.index_in(pa.array(wanted, pa.string()), value_set=table.column("id"))
+        if where.null_count:
+            missing = where.is_null().to_numpy(zero_copy_only=False)
+            raise InputError(
+                missing_ids_message([wanted[i] for i in np.flatnonzero(missing)], self.path)
+            )
+        return vectors_from_column(table.column(EMBEDDING).take(where), self.dim)
 
     def to_pandas(
         self, columns: Sequence[str] | None = None, embedding: bool = True
