@@ -18,7 +18,7 @@ from embedkit.backbone import Backbone
 from embedkit.errors import InputError
 from embedkit.registry import load_backbone
 from embedkit.sources import Source, load_image, read_source
-from embedkit.store import ERRORS_DIR, open_latents, part_files
+from embedkit.store import error_files, open_latents, part_files, read_errors
 from embedkit.writer import LatentWriter
 
 __all__ = ["EmbedResult", "embed"]
@@ -85,12 +85,11 @@ def default_num_workers() -> int:
 def _pending(rows: pd.DataFrame, out_dir: Path, retry_errors: bool) -> tuple[pd.DataFrame, int]:
     """Drop rows already embedded (resume) and, unless retrying, rows that failed before."""
     done: set[str] = set(open_latents(out_dir).ids().tolist()) if part_files(out_dir) else set()
-    error_files = sorted((out_dir / ERRORS_DIR).glob("part-*.parquet"))
     if retry_errors:
-        for f in error_files:
+        for f in error_files(out_dir):
             f.unlink()
-    elif error_files:
-        done |= set(pd.concat([pd.read_parquet(f) for f in error_files])["source"].tolist())
+    else:
+        done |= set(read_errors(out_dir)["source"].tolist())
     keep = ~(rows["id"].isin(done) | rows["path"].isin(done))
     return rows[keep].reset_index(drop=True), int((~keep).sum())
 

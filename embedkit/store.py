@@ -302,10 +302,21 @@ class LatentDataset:
 
     def errors(self) -> pd.DataFrame:
         """Inputs that could not be embedded: ``source``, ``reason``."""
-        files = sorted((self.path / ERRORS_DIR).glob(PART_GLOB))
-        if not files:
-            return pd.DataFrame({"source": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-        return pads.dataset([str(f) for f in files], format="parquet").to_table().to_pandas()
+        return read_errors(self.path)
+
+
+def error_files(path: Path) -> list[Path]:
+    """The parts of the errors table of the latent dataset folder ``path``."""
+    return sorted((path / ERRORS_DIR).glob(PART_GLOB))
+
+
+def read_errors(path: Path) -> pd.DataFrame:
+    """The errors table (``source``, ``reason``) of the folder ``path``; works before any
+    latent part exists (a run where every input failed)."""
+    files = error_files(path)
+    if not files:
+        return pd.DataFrame({"source": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+    return pads.dataset([str(f) for f in files], format="parquet").to_table().to_pandas()
 
 
 def open_latents(path: str | Path | LatentDataset) -> LatentDataset:
