@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="pixels")
     parser.add_argument("--size", type=int, default=64, help="image side")
     args = parser.parse_args()
-    from embedkit.corpus import make_shapes
+    from embedkit.images.corpus import make_shapes
 
     options = {"size": 32} if args.backbone == "pixels" else {"pretrained": False}
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,8 +37,8 @@ HERE = Path(__file__).resolve().parent
 MEMORY_CHILD = r"""
 import json, resource, sys
 import faiss, numpy as np
-from embedkit.index import build_index
-from embedkit.store import open_latents
+from embedkit.index.build import build_index
+from embedkit.store.dataset import open_latents
 
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
@@ -123,8 +123,8 @@ def embedding(args: argparse.Namespace) -> dict:
 def index_memory(rows: int, dim: int, nlist: int) -> dict:
     import numpy as np
 
-    from embedkit.backbone import BackboneInfo
-    from embedkit.writer import LatentWriter
+    from embedkit.plugins.info import BackboneInfo
+    from embedkit.store.writer import LatentWriter
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lat"

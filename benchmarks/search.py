@@ -8,7 +8,7 @@ Usage::
 Data: ``--clusters`` gaussian clusters (centres ~ N(0, 1), spread 0.5 per dimension), cosine
 metric. Queries are 1000 held-out points from the same distribution. For each kind the
 same index and the same queries are searched by ``index.search`` (pre-normalized
-float32, the raw faiss cost) and by ``embedkit.search.neighbors(vectors=..., index=...)``
+float32, the raw faiss cost) and by ``embedkit.neighbors(vectors=..., index=...)``
 (validation, normalization, id and metadata lookup, DataFrame); each timing is the best
 of ``--repeats`` alternating runs. On a shared machine that ratio is noisy, so the overhead
 is also timed alone: ``neighbors`` on an index whose ``search`` returns a precomputed
@@ -35,12 +35,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embedkit.backbone import BackboneInfo  # noqa: E402
-from embedkit.index import _prepare, build_index  # noqa: E402
-from embedkit.index_params import recall_at_k  # noqa: E402
-from embedkit.search import neighbors  # noqa: E402
-from embedkit.store import open_latents  # noqa: E402
-from embedkit.writer import write_latents  # noqa: E402
+from embedkit.index.build import build_index  # noqa: E402
+from embedkit.index.metric import prepare_vectors  # noqa: E402
+from embedkit.index.search import neighbors  # noqa: E402
+from embedkit.index.tune import recall_at_k  # noqa: E402
+from embedkit.plugins.info import BackboneInfo  # noqa: E402
+from embedkit.store.dataset import open_latents  # noqa: E402
+from embedkit.store.writer import write_latents  # noqa: E402
 
 
 def clustered(n: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
     data = clustered(args.rows + args.queries, args.dim, args.clusters, rng)
     base, queries = data[: args.rows], data[args.rows :]
-    prepared = _prepare(queries, "cosine", "queries")
+    prepared = prepare_vectors(queries, "cosine", "queries")
     truth = faiss.knn(
-        prepared, _prepare(base, "cosine", "base"), args.k, faiss.METRIC_INNER_PRODUCT
+        prepared, prepare_vectors(base, "cosine", "base"), args.k, faiss.METRIC_INNER_PRODUCT
     )[1]
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,77 +1,58 @@
-"""embedkit: turn image collections into latent vectors and work with them."""
+"""embedkit: turn image collections into latent vectors and work with them.
 
-from embedkit.algebra import (
-    AttributeVector,
-    analogy,
-    apply_vector,
-    attribute_vector,
-    attribute_vectors,
-    centroids,
-    interpolate,
-    vectors_for_ids,
+Every public name is exported lazily: ``import embedkit`` imports neither torch nor
+faiss; ``embedkit.embed`` (for example) imports what it needs on first use.
+"""
+
+from embedkit.lazy import attach
+from embedkit.version import __version__
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "embedkit.errors": [
+            "BackboneError",
+            "BackboneNotFound",
+            "EmbedkitError",
+            "InputError",
+            "PluginError",
+        ],
+        "embedkit.plugins.hookspecs": ["hookimpl"],
+        "embedkit.plugins.info": ["BackboneInfo"],
+        "embedkit.plugins.backbone": ["Backbone"],
+        "embedkit.plugins.registry": ["broken_plugins", "list_backbones", "load_backbone"],
+        "embedkit.images.decode": ["load_image"],
+        "embedkit.images.sources": ["read_source"],
+        "embedkit.store.dataset": ["LatentDataset", "open_latents"],
+        "embedkit.store.writer": ["LatentWriter", "write_latents"],
+        "embedkit.pipeline.steps": ["EmbedResult"],
+        "embedkit.pipeline.embedding": ["embed"],
+        "embedkit.index.loaded": ["LoadedIndex"],
+        "embedkit.index.build": ["build_index"],
+        "embedkit.index.load": ["load_index"],
+        "embedkit.index.search": ["neighbors"],
+        "embedkit.algebra.attributes": [
+            "AttributeVector",
+            "attribute_vector",
+            "attribute_vectors",
+        ],
+        "embedkit.algebra.arithmetic": [
+            "analogy",
+            "apply_vector",
+            "interpolate",
+            "vectors_for_ids",
+        ],
+        "embedkit.algebra.clusters": ["KMeansResult", "centroids", "kmeans"],
+        "embedkit.algebra.vector_table": ["load_vectors", "save_vectors"],
+        "embedkit.viz.pictures": [
+            "analogy_grid",
+            "attribute_sweep",
+            "interpolation_strip",
+            "neighbour_grid",
+            "render_latents",
+        ],
+        "embedkit.viz.report": ["latents_report"],
+        "embedkit.demo": ["run_demo"],
+    },
 )
-from embedkit.backbone import Backbone, BackboneInfo
-from embedkit.cluster import KMeansResult, kmeans
-from embedkit.embed import EmbedResult, embed
-from embedkit.errors import BackboneError, BackboneNotFound, EmbedkitError, InputError, PluginError
-from embedkit.hookspecs import hookimpl
-from embedkit.index import LoadedIndex, build_index, load_index
-from embedkit.pictures import (
-    analogy_grid,
-    attribute_sweep,
-    interpolation_strip,
-    neighbour_grid,
-    render_latents,
-)
-from embedkit.plugins import broken_plugins
-from embedkit.registry import list_backbones, load_backbone
-from embedkit.search import neighbors
-from embedkit.sources import load_image, read_source
-from embedkit.store import LatentDataset, open_latents
-from embedkit.vectors import load_vectors, save_vectors
-from embedkit.writer import LatentWriter, write_latents
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "AttributeVector",
-    "Backbone",
-    "BackboneError",
-    "BackboneInfo",
-    "BackboneNotFound",
-    "EmbedResult",
-    "EmbedkitError",
-    "InputError",
-    "KMeansResult",
-    "LatentDataset",
-    "LatentWriter",
-    "LoadedIndex",
-    "PluginError",
-    "analogy",
-    "analogy_grid",
-    "apply_vector",
-    "attribute_sweep",
-    "attribute_vector",
-    "attribute_vectors",
-    "broken_plugins",
-    "build_index",
-    "centroids",
-    "embed",
-    "hookimpl",
-    "interpolate",
-    "interpolation_strip",
-    "kmeans",
-    "list_backbones",
-    "load_backbone",
-    "load_image",
-    "load_index",
-    "load_vectors",
-    "neighbors",
-    "neighbour_grid",
-    "open_latents",
-    "read_source",
-    "render_latents",
-    "save_vectors",
-    "vectors_for_ids",
-    "write_latents",
-]
+__all__ = [*__all__, "__version__"]

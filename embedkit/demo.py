@@ -15,6 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedkit.algebra.arithmetic import apply_vector
+from embedkit.algebra.attributes import AttributeVector, attribute_vector, attribute_vectors
+from embedkit.algebra.vector_table import save_vectors
+from embedkit.images.corpus import color_of, make_shapes
+from embedkit.index.build import build_index
+from embedkit.pipeline.embedding import embed
+from embedkit.plugins.registry import load_backbone
+from embedkit.store.dataset import LatentDataset, open_latents
+from embedkit.viz.html import Report
+from embedkit.viz.pictures import analogy_grid, attribute_sweep
+from embedkit.viz.report import build_report, save_figure
+
 __all__ = ["DemoResult", "run_demo"]
 
 # (images, image size, latent dim, epochs) per mode
@@ -64,62 +76,53 @@ class _Stages:
         self.seconds[name] = time.monotonic() - started
 
 
-def _arithmetic_sections(report, latents: Path, out: Path, stats: dict) -> None:
-    from embedkit.algebra import apply_vector, attribute_vector, attribute_vectors
-    from embedkit.corpus import color_of
-    from embedkit.latents_report import save_figure
-    from embedkit.pictures import analogy_grid, attribute_sweep
-    from embedkit.registry import load_backbone
-    from embedkit.store import open_latents
-    from embedkit.vectors import save_vectors
-
-    ds = open_latents(latents)
+def _attribute_section(report: Report, ds: LatentDataset, out: Path, stats: dict) -> list:
+    """Attribute vectors of every label column, saved and tabled with their scores."""
     found, join = attribute_vectors(ds, ["filled", "color", "shape", "size"])
     save_vectors(found, out / "attribute_vectors.parquet")
-    table = pd.DataFrame([v.stats() for v in found])
     stats["attribute_auc"] = {v.name: v.auc for v in found if v.name in ("filled", "size=large")}
     report.heading("Attribute vectors")
     report.text(
         "centroid(with) - centroid(without); AUC and Cohen's d score the projection "
         f"onto the vector on held-out rows. {join}."
     )
-    report.table(table)
+    report.table(pd.DataFrame([v.stats() for v in found]))
+    return found
 
-    frame = ds.to_pandas(["id", "color", "filled"], embedding=False)
-    blue = frame[frame["color"] == "blue"]["id"].tolist()
-    red_minus_blue = attribute_vector(ds, "color", positive="red", negative="blue")
+
+def _red_edit_rate(ds: LatentDataset, blue: list[str], red_minus_blue: AttributeVector) -> float:
+    """Share of blue shapes whose decoded latent + (red - blue) is red, by pixel colour."""
     backbone = load_backbone(ds.backbone)
     z = ds.filter(id=blue).to_numpy().astype(np.float32)
     edited = backbone.decode_images(apply_vector(z, red_minus_blue, 1.0, backbone=ds.backbone))
-    stats["red_edit_rate"] = float(np.mean([color_of(im) == "red" for im in edited]))
+    return float(np.mean([color_of(im) == "red" for im in edited]))
+
+
+def _arithmetic_sections(report: Report, latents: Path, out: Path, stats: dict) -> None:
+    ds = open_latents(latents)
+    found = _attribute_section(report, ds, out, stats)
+    frame = ds.to_pandas(["id", "color", "filled"], embedding=False)
+    blue = frame[frame["color"] == "blue"]["id"].tolist()
+    red_minus_blue = attribute_vector(ds, "color", positive="red", negative="blue")
+    stats["red_edit_rate"] = _red_edit_rate(ds, blue, red_minus_blue)
     report.heading("Latent arithmetic")
     report.text(
         f"Adding (red - blue) to the latents of {len(blue)} blue shapes turns "
         f"{stats['red_edit_rate']:.0%} of the decoded images red (colour measured on "
         "the decoded pixels)."
     )
-    save_figure(
-        report,
-        out,
-        "sweep_color.png",
-        "z + alpha * (red - blue) for blue shapes",
-        attribute_sweep(ds, red_minus_blue, blue[:4], (-1, 0, 0.5, 1, 1.5, 2), cell=64),
-    )
+    sweep = attribute_sweep(ds, red_minus_blue, blue[:4], (-1, 0, 0.5, 1, 1.5, 2), cell=64)
+    caption = "z + alpha * (red - blue) for blue shapes"
+    save_figure(report, out, "sweep_color.png", caption, sweep)
     outline = frame[~frame["filled"].astype(bool)]["id"].tolist()
     filled = next(v for v in found if v.name == "filled")
-    save_figure(
-        report,
-        out,
-        "sweep_filled.png",
-        "z + alpha * filled for outlined shapes",
-        attribute_sweep(ds, filled, outline[:4], (-1, 0, 1, 2, 3), cell=64),
-    )
+    sweep = attribute_sweep(ds, filled, outline[:4], (-1, 0, 1, 2, 3), cell=64)
+    caption = "z + alpha * filled for outlined shapes"
+    save_figure(report, out, "sweep_filled.png", caption, sweep)
     first = frame.groupby("color")["id"].first()
     if {"red", "blue", "green"} <= set(first.index):
-        triple = (first["green"], first["blue"], first["red"])
-        save_figure(
-            report, out, "analogy.png", "green - blue + red", analogy_grid(ds, [triple], cell=64)
-        )
+        grid = analogy_grid(ds, [(first["green"], first["blue"], first["red"])], cell=64)
+        save_figure(report, out, "analogy.png", "green - blue + red", grid)
 
 
 def run_demo(
@@ -130,12 +133,7 @@ def run_demo(
     Example:
         >>> result = run_demo("demo-out", quick=True); print(result.summary())
     """
-    from embedkit_vae import train
-
-    from embedkit.corpus import make_shapes
-    from embedkit.embed import embed
-    from embedkit.index import build_index
-    from embedkit.latents_report import build_report
+    from embedkit_vae import train  # the first-party VAE plugin trains the demo's encoder
 
     settings = SETTINGS["quick" if quick else "full"]
     out = Path(out_dir)
@@ -163,24 +161,13 @@ def run_demo(
         "val_mse": min((h["val_recon_mse"] for h in run.history), default=float("nan")),
     }
     with stages("report"):
-        report, report_stats = build_report(
-            out / "latents",
-            out,
-            label="color",
-            seed=seed,
-            title="embedkit demo: shapes corpus + VAE",
-        )
+        title = "embedkit demo: shapes corpus + VAE"
+        report, report_stats = build_report(out / "latents", out, "color", seed=seed, title=title)
         stats.update(report_stats)
     with stages("arithmetic"):
         _arithmetic_sections(report, out / "latents", out, stats)
     report.heading("Time per stage")
-    report.table(
-        pd.DataFrame(
-            {
-                "stage": list(stages.seconds),
-                "seconds": [round(s, 1) for s in stages.seconds.values()],
-            }
-        )
-    )
+    seconds = [round(s, 1) for s in stages.seconds.values()]
+    report.table(pd.DataFrame({"stage": list(stages.seconds), "seconds": seconds}))
     path = report.write(out / "report.html")
     return DemoResult(out, path, stats, stages.seconds)

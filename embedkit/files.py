@@ -7,8 +7,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["atomic_path"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["atomic_path", "atomic_write_table"]
 
 
 @contextmanager
@@ -28,3 +32,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write ``table`` as Parquet to ``path`` via a hidden temp file and a rename."""
+    import pyarrow.parquet as pq  # this module stays importable without pyarrow loaded
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)

@@ -201,7 +201,8 @@ def trained_vae(tmp_path_factory) -> SimpleNamespace:
     """
     from embedkit_vae import train
 
-    from embedkit.corpus import load_images, make_shapes, read_labels
+    from embedkit.images.corpus import make_shapes, read_labels
+    from embedkit.images.decode import load_images
 
     n_corpus, n_held_out = 4000, 500
     root = tmp_path_factory.mktemp("shapes")

@@ -24,7 +24,7 @@ from embedkit.algebra import (
     slerp,
     vectors_for_ids,
 )
-from embedkit.labels import JoinReport
+from embedkit.algebra.labels import JoinReport
 
 DIM = 16
 TOY = BackboneInfo("toy", DIM)

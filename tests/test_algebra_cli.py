@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from embedkit import BackboneInfo, write_latents
 from embedkit.algebra import attribute_vector, attribute_vectors, centroids
+from embedkit.algebra.vector_table import load_vectors
 from embedkit.cli import get_cli, main
-from embedkit.vectors import load_vectors
 
 DIM = 8
 N = 300

@@ -12,7 +12,7 @@ import pytest
 
 from embedkit import BackboneInfo, InputError, open_latents, write_latents
 from embedkit.algebra import centroids
-from embedkit.cluster import KMeansResult, kmeans, kmeans_plus_plus
+from embedkit.algebra.clusters import KMeansResult, kmeans, kmeans_plus_plus
 
 DIM = 16
 TOY = BackboneInfo("toy", DIM)

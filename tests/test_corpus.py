@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from embedkit.corpus import BACKGROUND, COLORS, SHAPES, load_images, make_shapes, read_labels
 from embedkit.errors import InputError
+from embedkit.images.corpus import BACKGROUND, COLORS, SHAPES, make_shapes, read_labels
+from embedkit.images.decode import load_images
 
 N = 240
 SIZE = 64

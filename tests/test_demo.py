@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import embedkit
-from embedkit.corpus import make_shapes
-from embedkit.latents_report import latents_report
+from embedkit.images.corpus import make_shapes
+from embedkit.viz.report import latents_report
 
 pytestmark = pytest.mark.slow
 EMBEDKIT = str(Path(sys.executable).parent / "embedkit")

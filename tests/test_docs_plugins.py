@@ -13,6 +13,7 @@ from PIL import Image
 
 import embedkit
 import embedkit.cli
+from embedkit.images.decode import as_rgb
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 
@@ -45,8 +46,9 @@ def colorhist(doc, install_plugin, fresh_plugins):
 
 
 def histogram(image: Image.Image, bins: int, size: int = 64) -> np.ndarray:
-    """The colour histogram computed independently with numpy."""
-    pixels = np.array(image.convert("RGB").resize((size, size))).astype(np.int64)
+    """The colour histogram computed independently with numpy, of the image as the one
+    decoder makes it (encode_images composites transparency onto white, as for a corpus)."""
+    pixels = np.array(as_rgb(image).resize((size, size))).astype(np.int64)
     index = np.minimum(pixels * bins // 255, bins - 1)
     counts = [np.bincount(index[..., c].ravel(), minlength=bins) for c in range(3)]
     return np.concatenate(counts) / (size * size)

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import embedkit.index as ekindex
-from embedkit.backbone import BackboneInfo
 from embedkit.errors import InputError
 from embedkit.index import build_index, index_dir, load_index
-from embedkit.index_params import choose_index, ivf_nlist, parse_memory, pq_m, recall_at_k
-from embedkit.search import clear_index_cache, neighbors
+from embedkit.index.choose import choose_index, ivf_nlist, parse_memory, pq_m
+from embedkit.index.metric import prepare_vectors
+from embedkit.index.search import clear_index_cache, neighbors
+from embedkit.index.tune import recall_at_k
+from embedkit.plugins.info import BackboneInfo
 from embedkit.store import open_latents
-from embedkit.writer import write_latents
+from embedkit.store.writer import write_latents
 
 BACKBONE = BackboneInfo("test-encoder", dim=64, config={"seed": 0})
 
@@ -124,7 +125,7 @@ def test_recall_at_10_reaches_target(big, kind: str, expected: str) -> None:
     rng = np.random.default_rng(123)
     queries = x[rng.choice(len(x), 200, replace=False)]
     truth = exact_ids(x, queries, 10, "cosine")
-    prepared = ekindex._prepare(queries, "cosine", "q")
+    prepared = prepare_vectors(queries, "cosine", "q")
     found = built.search(prepared, 10)[1]
     # faiss rows -> dataset rows ("r123" -> 123): the recall queries were added last
     rows = np.array([int(i[1:]) for i in built.ids])[found]
@@ -174,7 +175,7 @@ def test_save_load_roundtrip_and_mmap(small) -> None:
     assert data["backbone"]["name"] == "test-encoder" and data["embedkit_version"]
     assert data["build_seconds"] >= 0 and data["params"]["nprobe"] >= 1
 
-    queries = ekindex._prepare(x[:100], "cosine", "q")
+    queries = prepare_vectors(x[:100], "cosine", "q")
     expected = built.search(queries, 10)
     for mmap in (False, True):
         loaded = load_index(path, mmap=mmap)
@@ -262,7 +263,7 @@ def test_real_gpu_build_matches_cpu(big) -> None:
     assert gpu.on_gpu and gpu.info.built_on == "gpu" and gpu.info.recall >= 0.95
     flat_gpu = build_index(path, kind="flat", progress=False, save=False, gpu=True)
     flat_cpu = build_index(path, kind="flat", progress=False, save=False, gpu=False)
-    q = ekindex._prepare(x[:100], "cosine", "q")
+    q = prepare_vectors(x[:100], "cosine", "q")
     # same neighbours up to float summation order (near-ties may swap)
     assert recall_at_k(flat_gpu.search(q, 10)[1], flat_cpu.search(q, 10)[1]) >= 0.99
     saved = build_index(path, kind="ivf", progress=False, gpu=True)  # saved as a CPU index

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from embedkit import BackboneInfo, InputError, write_latents
-from embedkit.labels import JoinReport, labeled
+from embedkit.algebra.labels import JoinReport, labeled
 
 DIM = 4
 IDS = [f"{i:03d}" for i in range(8)]  # "000".."007": leading zeros must survive a CSV

@@ -9,9 +9,9 @@ from PIL import Image
 
 import embedkit
 from embedkit.algebra import apply_vector, attribute_vector, interpolate
-from embedkit.corpus import color_of
-from embedkit.pictures import attribute_sweep, interpolation_strip
-from embedkit.search import neighbors
+from embedkit.images.corpus import color_of
+from embedkit.index.search import neighbors
+from embedkit.viz.pictures import attribute_sweep, interpolation_strip
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 import embedkit
 import embedkit.cli
+import embedkit.cli.app
 from embedkit.plugins import plugin_names
 
 
@@ -238,8 +239,7 @@ def test_register_commands_hook_adds_cli_command(install_plugin, fresh_plugins):
         "embedkit", commands=dict(embedkit.cli.cli.commands), params=embedkit.cli.cli.params
     )
     group.callback = embedkit.cli.cli.callback
-    monkeypatch.setattr(embedkit.cli, "cli", group)
-    monkeypatch.setattr(embedkit.cli, "_plugin_commands_added", [])
+    monkeypatch.setattr(embedkit.cli.app, "cli", group)
     result = CliRunner().invoke(embedkit.cli.get_cli(), ["ekhello", "world"])
     assert result.exit_code == 0, result.output
     assert result.stdout == "hello world from a plugin\n"

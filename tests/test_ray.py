@@ -22,8 +22,8 @@ from PIL import Image
 import embedkit
 from embedkit import BackboneError, EmbedkitError, InputError, open_latents
 from embedkit.cli import main
-from embedkit.corpus import make_shapes
-from embedkit.ray_engine import ACTORS_ENV, MISSING_RAY, _one_line, _plan
+from embedkit.images.corpus import make_shapes
+from embedkit.pipeline.ray_cluster import ACTORS_ENV, MISSING_RAY, one_line_error, plan_resources
 from embedkit.store import ERRORS_DIR
 
 N = 200
@@ -189,12 +189,14 @@ def test_one_line_from_ray_traceback_text() -> None:
     )
     outer = Wrapped("UDF failed")
     outer.__cause__ = Exception(text)
-    error = _one_line(outer)
+    error = one_line_error(outer)
     assert type(error) is embedkit.BackboneNotFound
     assert str(error) == "unknown backbone 'x'"
     other = Exception('  File "y.py"\ntorch.OutOfMemoryError: CUDA out of memory\nmore')
-    assert str(_one_line(other)) == "the ray engine failed: OutOfMemoryError: CUDA out of memory"
-    assert str(_one_line(Wrapped("plain"))) == "the ray engine failed: Wrapped: plain"
+    assert (
+        str(one_line_error(other)) == "the ray engine failed: OutOfMemoryError: CUDA out of memory"
+    )
+    assert str(one_line_error(Wrapped("plain"))) == "the ray engine failed: Wrapped: plain"
 
 
 # -- the CLI -------------------------------------------------------------------------------
@@ -263,26 +265,26 @@ def fake_ray(cpus: float, gpus: float = 0) -> SimpleNamespace:
 
 def test_plan_gpu_cluster_one_actor_per_gpu(monkeypatch) -> None:
     monkeypatch.delenv(ACTORS_ENV, raising=False)
-    plan = _plan(fake_ray(32, gpus=4), None, None, None)
+    plan = plan_resources(fake_ray(32, gpus=4), None, None, None)
     assert (plan["actors"], plan["gpus_per_actor"], plan["device"]) == (4, 1.0, "cuda")
-    plan = _plan(fake_ray(32, gpus=4), None, None, 0.5)
+    plan = plan_resources(fake_ray(32, gpus=4), None, None, 0.5)
     assert (plan["actors"], plan["gpus_per_actor"]) == (8, 0.5)
-    plan = _plan(fake_ray(32, gpus=4), "cpu", None, None)  # device=cpu: no GPUs asked for
+    plan = plan_resources(fake_ray(32, gpus=4), "cpu", None, None)  # device=cpu: no GPUs asked for
     assert (plan["gpus_per_actor"], plan["device"], plan["actors"]) == (0.0, "cpu", 16)
 
 
 def test_plan_cpu_cluster_leaves_cores_to_decode(monkeypatch) -> None:
     monkeypatch.delenv(ACTORS_ENV, raising=False)
-    plan = _plan(fake_ray(16), None, None, None)
+    plan = plan_resources(fake_ray(16), None, None, None)
     assert (plan["actors"], plan["actor_cpus"], plan["device"]) == (8, 1.0, "cpu")
-    assert _plan(fake_ray(2), None, None, None)["actors"] == 1
-    assert _plan(fake_ray(4), None, 10, None)["actors"] == 3  # one core always decodes
-    small = _plan(fake_ray(1), None, None, None)
+    assert plan_resources(fake_ray(2), None, None, None)["actors"] == 1
+    assert plan_resources(fake_ray(4), None, 10, None)["actors"] == 3  # one core always decodes
+    small = plan_resources(fake_ray(1), None, None, None)
     assert (small["actors"], small["actor_cpus"], small["decode_cpus"]) == (1, 0.5, 0.5)
     monkeypatch.setenv(ACTORS_ENV, "2")
-    assert _plan(fake_ray(16), None, None, None)["actors"] == 2
+    assert plan_resources(fake_ray(16), None, None, None)["actors"] == 2
     monkeypatch.setenv(ACTORS_ENV, "many")
     with pytest.raises(InputError, match=r"\$EMBEDKIT_RAY_ACTORS must be an integer"):
-        _plan(fake_ray(16), None, None, None)
+        plan_resources(fake_ray(16), None, None, None)
     with pytest.raises(InputError, match="at least one actor"):
-        _plan(fake_ray(16), None, 0, None)
+        plan_resources(fake_ray(16), None, 0, None)

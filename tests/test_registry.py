@@ -6,7 +6,7 @@ import pytest
 
 import embedkit
 from embedkit import BackboneInfo, BackboneNotFound
-from embedkit.registry import BackboneEntry
+from embedkit.plugins.registry import BackboneEntry
 
 REGISTRY_SOURCE = '''
 """Factories that just report how they were called."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedkit.render import BACKGROUND, MISSING, image_grid, load_thumbnail, save_png
+from embedkit.viz.grid import BACKGROUND, MISSING, image_grid, load_thumbnail, save_png
 
 
 def solid(colour: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> Image.Image:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from embedkit.report import PALETTE, Report, pca_2d, scatter_svg
+from embedkit.viz.html import PALETTE, Report, pca_2d, scatter_svg
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 SVG_VOID = {"circle", "rect"}  # self-closed in the SVG we emit

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from embedkit.backbone import BackboneInfo
 from embedkit.errors import InputError
 from embedkit.index import build_index, load_index
-from embedkit.search import clear_index_cache, neighbors
+from embedkit.index.search import clear_index_cache, neighbors
+from embedkit.plugins.info import BackboneInfo
 from embedkit.store import open_latents
-from embedkit.writer import write_latents
+from embedkit.store.writer import write_latents
 
 N, DIM = 600, 16
 

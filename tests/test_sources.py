@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from embedkit.errors import InputError
-from embedkit.sources import IMAGE_EXTENSIONS, load_image, read_source
+from embedkit.images.decode import load_image
+from embedkit.images.sources import IMAGE_EXTENSIONS, read_source
 
 # Pillow format for each extension we write (the extension's case does not matter to Pillow).
 FORMATS = {

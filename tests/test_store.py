@@ -13,18 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import embedkit
-from embedkit.backbone import BackboneInfo
 from embedkit.errors import InputError
-from embedkit.store import (
-    META_KEY,
-    LatentBatch,
-    LatentDataset,
-    LatentMeta,
-    open_latents,
-    read_meta,
-    vectors_from_column,
-)
-from embedkit.writer import LatentWriter, write_latents
+from embedkit.plugins.info import BackboneInfo
+from embedkit.store.dataset import LatentBatch, LatentDataset, open_latents
+from embedkit.store.format import META_KEY, LatentMeta, read_meta, vectors_from_column
+from embedkit.store.writer import LatentWriter, write_latents
 
 DIM = 8
 IDS = ["a", "b", "c", "d", "e", "f"]

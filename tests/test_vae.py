@@ -17,9 +17,9 @@ from embedkit_vae.models import build_model
 from safetensors.torch import load_file
 
 import embedkit
-from embedkit.backbone import BackboneInfo
-from embedkit.corpus import color_of, make_shapes, read_labels
 from embedkit.errors import BackboneError, InputError
+from embedkit.images.corpus import color_of, make_shapes, read_labels
+from embedkit.plugins.info import BackboneInfo
 
 TINY = {
     "image_size": 32,

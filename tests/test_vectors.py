@@ -11,7 +11,7 @@ import pytest
 
 from embedkit import BackboneInfo, InputError, open_latents, write_latents
 from embedkit.algebra import AttributeVector, apply_vector, attribute_vectors
-from embedkit.vectors import load_vectors, save_vectors
+from embedkit.algebra.vector_table import load_vectors, save_vectors
 
 DIM = 6
 TIMM = BackboneInfo("timm/toy", DIM, config={"pretrained": True, "layers": [2, 3], "weights": None})

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import embedkit.writer
-from embedkit.backbone import BackboneInfo
 from embedkit.errors import InputError
+from embedkit.files import atomic_write_table
+from embedkit.plugins.info import BackboneInfo
 from embedkit.store import open_latents, read_meta
-from embedkit.writer import LatentWriter, atomic_write_table, write_latents
+from embedkit.store.writer import LatentWriter, write_latents
 
 DIM = 4
 
@@ -423,12 +423,12 @@ def test_write_errors_atomic(tmp_path, monkeypatch):
         real_write_table(table.slice(0, 1), where, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(embedkit.writer.pq, "write_table", half_write)
+    monkeypatch.setattr(pq, "write_table", half_write)
     with pytest.raises(OSError, match="disk full"):
         writer.write_errors(["x.png", "y.png"], ["bad", "bad"])
     assert not list((path / "errors").glob("part-*.parquet"))  # no half-written table
     assert len(open_latents(path).errors()) == 0
-    monkeypatch.setattr(embedkit.writer.pq, "write_table", real_write_table)
+    monkeypatch.setattr(pq, "write_table", real_write_table)
     writer.write_errors(["x.png", "y.png"], ["bad", "bad"])
     assert open_latents(path).errors()["source"].tolist() == ["x.png", "y.png"]
 

@@ -1,35 +1,33 @@
-"""embedkit plugin: ``pixels`` — downsampled raw pixels, a fast baseline encoder with no weights."""
+"""embedkit plugin: ``pixels`` — downsampled raw pixels, a fast baseline encoder with no weights.
+
+Imported whenever embedkit loads its plugins, so torch is imported only when a
+``pixels`` backbone is built.
+"""
 
 from __future__ import annotations
 
-import torch
-from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
+from typing import Any
 
-from embedkit.backbone import Backbone, BackboneInfo
-from embedkit.hookspecs import hookimpl
+from embedkit.plugins.hookspecs import hookimpl
+
+__all__ = ["PixelsBackbone"]
 
 
-class PixelsBackbone(Backbone):
-    """Resize to ``size`` x ``size`` and flatten the RGB values in [0, 1]; dim = 3 * size**2."""
+def build(**options: Any) -> Any:
+    """Factory for ``pixels``."""
+    from embedkit_pixels.backbone import PixelsBackbone
 
-    def __init__(self, size: int = 8, device: str | None = None):
-        super().__init__(device=device)
-        self.size = int(size)
-        self._info = BackboneInfo(name="pixels", dim=3 * self.size**2, config={"size": self.size})
+    return PixelsBackbone(**options)
 
-    @property
-    def info(self) -> BackboneInfo:
-        return self._info
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        small = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return pil_to_tensor(small).float().div_(255)
+def __getattr__(name: str) -> Any:
+    if name == "PixelsBackbone":
+        from embedkit_pixels.backbone import PixelsBackbone
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.flatten(1)
+        return PixelsBackbone
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl
 def register_backbones(register):
-    register("pixels", PixelsBackbone, description="downsampled raw pixels (option: size=8)")
+    register("pixels", build, description="downsampled raw pixels (option: size=8)")

@@ -11,8 +11,9 @@ import timm
 import torch
 from PIL import Image
 
-from embedkit.backbone import Backbone, BackboneInfo
 from embedkit.errors import BackboneError, BackboneNotFound
+from embedkit.plugins.backbone import Backbone
+from embedkit.plugins.info import BackboneInfo
 from embedkit_timm.weights import load_weights
 
 

@@ -2,28 +2,46 @@
 
 Train with :func:`train` (or ``embedkit train vae SOURCE -o RUN``), then load the
 run as a backbone: ``embedkit.load_backbone("vae:RUN")`` encodes and decodes.
+Imported whenever embedkit loads its plugins, so torch is imported only on use.
 """
 
 from __future__ import annotations
 
-from embedkit.hookspecs import hookimpl
-from embedkit_vae.backbone import AutoencoderBackbone, load_ae, load_vae
-from embedkit_vae.models import AutoEncoder, ModelConfig
-from embedkit_vae.training import TrainResult, train
+from embedkit.lazy import attach
+from embedkit.plugins.hookspecs import hookimpl
 
-__all__ = ["AutoEncoder", "AutoencoderBackbone", "ModelConfig", "TrainResult", "train"]
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "backbone": ["AutoencoderBackbone", "load_ae", "load_vae"],
+        "models": ["AutoEncoder", "ModelConfig"],
+        "training": ["TrainResult", "train"],
+    },
+)
+
+
+def _load_vae(checkpoint_dir: str, **options):
+    from embedkit_vae.backbone import load_vae
+
+    return load_vae(checkpoint_dir, **options)
+
+
+def _load_ae(checkpoint_dir: str, **options):
+    from embedkit_vae.backbone import load_ae
+
+    return load_ae(checkpoint_dir, **options)
 
 
 @hookimpl
 def register_backbones(register):
     register(
         "vae:",
-        load_vae,
+        _load_vae,
         description="a VAE trained with `embedkit train vae`, e.g. vae:runs/shapes (decodes)",
     )
     register(
         "ae:",
-        load_ae,
+        _load_ae,
         description="an autoencoder trained with `embedkit train ae`, e.g. ae:runs/ae (decodes)",
     )
 

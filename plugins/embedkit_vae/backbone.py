@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from embedkit.backbone import Backbone, BackboneInfo
 from embedkit.errors import BackboneError
+from embedkit.plugins.backbone import Backbone
+from embedkit.plugins.info import BackboneInfo
 from embedkit_vae.checkpoint import load_model
 from embedkit_vae.data import to_tensor
 

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from embedkit.corpus import LABELS, load_images, read_labels
 from embedkit.errors import InputError
+from embedkit.images.corpus import LABELS, read_labels
+from embedkit.images.decode import load_images
 
 __all__ = ["IMAGE_SUFFIXES", "image_paths", "load_source", "split_indices", "to_tensor"]
 

@@ -16,16 +16,12 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from embedkit.device import resolve_device
-from embedkit.errors import EmbedkitError, InputError
+from embedkit.errors import InputError
 from embedkit.files import atomic_path
-from embedkit_vae.checkpoint import (
-    STATE,
-    load_train_state,
-    save_model,
-    save_train_state,
-)
+from embedkit_vae.checkpoint import load_train_state
 from embedkit_vae.data import Source, load_source, split_indices
 from embedkit_vae.models import AutoEncoder, ModelConfig, kl_divergence
+from embedkit_vae.run_state import clone_state, restore_run_state, save_run_state
 
 __all__ = ["TrainResult", "train"]
 
@@ -87,7 +83,6 @@ def train(
     """
     config = ModelConfig(kind, image_size, latent_dim, tuple(channels or ()))
     _check_options(epochs, batch_size, lr, beta)
-    run_dir = Path(out_dir)
     dev = resolve_device(device)
     images = load_source(source, config.image_size)
     train_idx, val_idx = split_indices(len(images), val_fraction, seed)
@@ -104,13 +99,86 @@ def train(
         "n_val": len(val_idx),
         "source": str(source) if isinstance(source, str | Path) else f"<{len(images)} paths>",
     }
+    run = _start(config, options, Path(out_dir), dev, images, train_idx, val_idx, progress)
+    state, best = _fresh_state(), clone_state(run.model.state_dict())
+    if resume and (saved := load_train_state(run.run_dir)) is not None:
+        state, best = restore_run_state(
+            saved, run.run_dir, config, options, run.model, run.optimizer, run.scaler
+        )
+    resumed_from = state["epoch"]
+    for epoch in range(state["epoch"] + 1, epochs + 1):
+        if state["stopped_early"]:
+            break
+        best = _epoch(run, state, best, epoch)
+    return TrainResult(
+        run_dir=run.run_dir,
+        epoch=state["epoch"],
+        best_epoch=state["best_epoch"],
+        best_val_loss=state["best_val_loss"],
+        stopped_early=state["stopped_early"],
+        resumed_from=resumed_from,
+        history=list(state["history"]),
+    )
+
+
+@dataclass
+class _Run:
+    """Everything an epoch needs: the model and its optimizer, the data, the options."""
+
+    config: ModelConfig
+    options: dict[str, Any]
+    run_dir: Path
+    device: torch.device
+    model: AutoEncoder
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    data: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    progress: bool
+
+    @property
+    def grid_idx(self) -> torch.Tensor:
+        return (self.val_idx if len(self.val_idx) else self.train_idx)[:GRID_IMAGES]
+
+
+def _start(
+    config: ModelConfig,
+    options: dict[str, Any],
+    run_dir: Path,
+    dev: torch.device,
+    images: torch.Tensor,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    progress: bool,
+) -> _Run:
+    """A freshly initialised model (seeded) and optimizer; the data on the GPU if used."""
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
-        torch.manual_seed(seed)
+        torch.manual_seed(options["seed"])
         model = AutoEncoder(config).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options["lr"])
     amp_dtype = _amp_dtype(dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    state: dict[str, Any] = {
+    data = images.to(dev) if dev.type == "cuda" else images
+    return _Run(
+        config,
+        options,
+        run_dir,
+        dev,
+        model,
+        optimizer,
+        scaler,
+        amp_dtype,
+        data,
+        train_idx,
+        val_idx,
+        progress,
+    )
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {
         "epoch": 0,
         "best_epoch": 0,
         "best_val_loss": math.inf,
@@ -118,73 +186,82 @@ def train(
         "stopped_early": False,
         "history": [],
     }
-    best = _clone(model.state_dict())
-    if resume and (saved := load_train_state(run_dir)) is not None:
-        state, best = _restore(saved, run_dir, config, options, model, optimizer, scaler)
-    resumed_from = state["epoch"]
 
-    data = images.to(dev) if dev.type == "cuda" else images
-    grid_idx = (val_idx if len(val_idx) else train_idx)[:GRID_IMAGES]
-    for epoch in range(state["epoch"] + 1, epochs + 1):
-        if state["stopped_early"]:
-            break
-        started = time.perf_counter()
-        order = torch.randperm(len(train_idx), generator=_generator(seed, epoch))
-        bar = tqdm(
-            train_idx[order].split(batch_size),
-            desc=f"{kind} epoch {epoch}/{epochs}",
-            disable=not progress,
-            leave=False,
-            unit="batch",
+
+def _epoch(
+    run: _Run, state: dict[str, Any], best: dict[str, torch.Tensor], epoch: int
+) -> dict[str, torch.Tensor]:
+    """Train and validate one epoch, update ``state``, checkpoint; returns the best weights."""
+    opts, kind = run.options, run.config.kind
+    started = time.perf_counter()
+    order = torch.randperm(len(run.train_idx), generator=_generator(opts["seed"], epoch))
+    bar = tqdm(
+        run.train_idx[order].split(opts["batch_size"]),
+        desc=f"{kind} epoch {epoch}/{opts['epochs']}",
+        disable=not run.progress,
+        leave=False,
+        unit="batch",
+    )
+    rng = _generator(opts["seed"], epoch, run.device)
+    train_rec, train_kl = _train_epoch(
+        run.model, run.optimizer, run.scaler, run.data, bar, opts["beta"], rng, run.amp_dtype
+    )
+    if not math.isfinite(train_rec + train_kl) and not run.scaler.is_enabled():
+        raise InputError(
+            f"training diverged at epoch {epoch} (loss is not finite); lower lr "
+            f"(--lr, now {opts['lr']}) and resume from the last checkpoint in {run.run_dir}"
         )
-        train_rec, train_kl = _train_epoch(
-            model, optimizer, scaler, data, bar, beta, _generator(seed, epoch, dev), amp_dtype
-        )
-        if not math.isfinite(train_rec + train_kl) and not scaler.is_enabled():
-            raise InputError(
-                f"training diverged at epoch {epoch} (loss is not finite); lower lr "
-                f"(--lr, now {lr}) and resume from the last checkpoint in {run_dir}"
-            )
-        val_rec, val_kl = _evaluate(model, data, val_idx, batch_size, dev, amp_dtype)
-        if not len(val_idx):
-            val_rec, val_kl = train_rec, train_kl
-        val_loss = RECON_WEIGHT * val_rec + beta * val_kl
-        pixels = 3 * config.image_size**2
-        record = {
-            "epoch": epoch,
-            "train_loss": RECON_WEIGHT * train_rec + beta * train_kl,
-            "train_recon_mse": train_rec / pixels,
-            "train_kl": train_kl,
-            "val_loss": val_loss,
-            "val_recon_mse": val_rec / pixels,
-            "val_kl": val_kl,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        state["history"].append(record)
-        improved = val_loss < state["best_val_loss"]
-        if improved:
-            state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
-            best = _clone(model.state_dict())
-        else:
-            state["bad_epochs"] += 1
-            state["stopped_early"] = bool(patience) and state["bad_epochs"] >= patience
-        state["epoch"] = epoch
-        _save_grid(model, data, grid_idx, dev, run_dir / "recon" / f"epoch_{epoch:03d}.png")
-        _checkpoint(run_dir, config, options, model, optimizer, scaler, state, best)
-        if progress:
-            tqdm.write(
-                f"{kind} epoch {epoch}/{epochs}: recon mse {record['train_recon_mse']:.5f} "
-                f"kl {train_kl:.2f} | val recon mse {record['val_recon_mse']:.5f} "
-                f"kl {val_kl:.2f}{' *' if improved else ''} ({record['seconds']:.1f}s)"
-            )
-    return TrainResult(
-        run_dir=run_dir,
-        epoch=state["epoch"],
-        best_epoch=state["best_epoch"],
-        best_val_loss=state["best_val_loss"],
-        stopped_early=state["stopped_early"],
-        resumed_from=resumed_from,
-        history=list(state["history"]),
+    val_rec, val_kl = _evaluate(
+        run.model, run.data, run.val_idx, opts["batch_size"], run.device, run.amp_dtype
+    )
+    if not len(run.val_idx):
+        val_rec, val_kl = train_rec, train_kl
+    record = _record(run, epoch, (train_rec, train_kl), (val_rec, val_kl), started)
+    state["history"].append(record)
+    improved = record["val_loss"] < state["best_val_loss"]
+    if improved:
+        state.update(best_epoch=epoch, best_val_loss=record["val_loss"], bad_epochs=0)
+        best = clone_state(run.model.state_dict())
+    else:
+        state["bad_epochs"] += 1
+        patience = opts["patience"]
+        state["stopped_early"] = bool(patience) and state["bad_epochs"] >= patience
+    state["epoch"] = epoch
+    grid = run.run_dir / "recon" / f"epoch_{epoch:03d}.png"
+    _save_grid(run.model, run.data, run.grid_idx, run.device, grid)
+    save_run_state(run.run_dir, run.config, opts, run.model, run.optimizer, run.scaler, state, best)
+    if run.progress:
+        _report(kind, epoch, opts["epochs"], record, improved)
+    return best
+
+
+def _record(
+    run: _Run,
+    epoch: int,
+    train: tuple[float, float],
+    val: tuple[float, float],
+    started: float,
+) -> dict[str, float]:
+    """One epoch's line of the history: losses and per-pixel reconstruction errors."""
+    pixels = 3 * run.config.image_size**2
+    beta = run.options["beta"]
+    return {
+        "epoch": epoch,
+        "train_loss": RECON_WEIGHT * train[0] + beta * train[1],
+        "train_recon_mse": train[0] / pixels,
+        "train_kl": train[1],
+        "val_loss": RECON_WEIGHT * val[0] + beta * val[1],
+        "val_recon_mse": val[0] / pixels,
+        "val_kl": val[1],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _report(kind: str, epoch: int, epochs: int, record: dict[str, float], improved: bool) -> None:
+    tqdm.write(
+        f"{kind} epoch {epoch}/{epochs}: recon mse {record['train_recon_mse']:.5f} "
+        f"kl {record['train_kl']:.2f} | val recon mse {record['val_recon_mse']:.5f} "
+        f"kl {record['val_kl']:.2f}{' *' if improved else ''} ({record['seconds']:.1f}s)"
     )
 
 
@@ -293,110 +370,3 @@ def _save_grid(
     grid = make_grid(torch.cat(rows).cpu(), nrow=8, padding=1, pad_value=0.5)
     with atomic_path(path) as tmp:
         save_image(grid, tmp, format="png")
-
-
-def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
-def _checkpoint(
-    run_dir: Path,
-    config: ModelConfig,
-    options: dict[str, Any],
-    model: AutoEncoder,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    state: dict[str, Any],
-    best: dict[str, torch.Tensor],
-) -> None:
-    """Save resumable state first, then the best weights and config a backbone reads."""
-    tensors = {f"last.{k}": v for k, v in model.state_dict().items()}
-    tensors |= {f"best.{k}": v for k, v in best.items()}
-    optim = optimizer.state_dict()
-    for index, slots in optim["state"].items():
-        for name, value in slots.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
-    meta = {
-        "model": config.to_dict(),
-        "training": options,
-        "loop": state,
-        "param_groups": optim["param_groups"],
-        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-    }
-    save_train_state(run_dir, tensors, meta)
-    summary = {k: state[k] for k in ("epoch", "best_epoch", "best_val_loss", "stopped_early")}
-    save_model(
-        run_dir,
-        best,
-        {"model": config.to_dict(), "training": options, **summary, "history": state["history"]},
-    )
-
-
-# Changing any of these would make the saved run a different experiment.
-_RESUME_KEYS = ("seed", "val_fraction", "n_images", "batch_size")
-
-
-def _restore(
-    saved: tuple[dict[str, torch.Tensor], dict[str, Any]],
-    run_dir: Path,
-    config: ModelConfig,
-    options: dict[str, Any],
-    model: AutoEncoder,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load a saved run's weights, Adam and loop state; refuse an incompatible run."""
-    tensors, meta = saved
-    hint = "pass the same options, another output folder, or resume=False (--no-resume)"
-    try:
-        saved_config = ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError, EmbedkitError):
-        raise InputError(f"{run_dir / STATE} has no valid model config; {hint}") from None
-    if saved_config != config:
-        raise InputError(
-            f"{run_dir} holds model {saved_config.describe()}, not {config.describe()} "
-            f"as asked; {hint}"
-        )
-    for key in _RESUME_KEYS:
-        if meta["training"].get(key) != options[key]:
-            raise InputError(
-                f"{run_dir} was trained with {key}={meta['training'].get(key)!r}, "
-                f"not {options[key]!r}; {hint}"
-            )
-    try:
-        best = _load_state(tensors, meta, options["lr"], model, optimizer, scaler)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(
-            f"{run_dir / STATE} does not fit this run ({type(exc).__name__}); {hint}"
-        ) from None
-    loop = meta["loop"]
-    loop["best_val_loss"] = float(loop["best_val_loss"])
-    return loop, best
-
-
-def _load_state(
-    tensors: dict[str, torch.Tensor],
-    meta: dict[str, Any],
-    lr: float,
-    model: AutoEncoder,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-) -> dict[str, torch.Tensor]:
-    """Put saved last weights, Adam state and scaler state in place; return the best weights."""
-    model.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("last.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    if best.keys() != model.state_dict().keys():
-        raise KeyError("best weights")
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value
-    groups = meta["param_groups"]
-    for group in groups:
-        group["lr"] = lr  # a resumed run may change the learning rate
-        group["betas"] = tuple(group["betas"])
-    optimizer.load_state_dict({"state": slots, "param_groups": groups})
-    if scaler.is_enabled() and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    return best

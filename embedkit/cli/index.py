@@ -1,0 +1,102 @@
+"""``embedkit index`` and ``embedkit search``: build a FAISS index, query neighbours."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("index")
+@click.argument("latents")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
+@click.option(
+    "--kind", default="auto", show_default=True, help="auto|flat|ivf|hnsw|ivfpq or a faiss factory."
+)
+@click.option("--memory-budget", default=None, help="Bytes the index may use, e.g. 2GB.")
+@click.option("--recall-sample", default=1000, show_default=True, help="Queries for recall@10.")
+@click.option("--no-gpu", is_flag=True, help="Build on the CPU even when a GPU is present.")
+def index_command(
+    latents: str,
+    metric: str,
+    kind: str,
+    memory_budget: str | None,
+    recall_sample: int,
+    no_gpu: bool,
+) -> None:
+    """Build a FAISS index in LATENTS/index/ and report its recall@10."""
+    from embedkit.index.build import build_index
+
+    built = build_index(
+        latents,
+        metric=metric,
+        kind=kind,
+        memory_budget=memory_budget,
+        recall_sample=recall_sample,
+        gpu=False if no_gpu else None,
+    )
+    info = built.info
+    recall = "not measured" if info.recall is None else f"{info.recall:.3f}"
+    recall = "exact" if info.kind == "flat" else recall
+    params = " ".join(f"{k}={v}" for k, v in info.params.items()) or "-"
+    click.echo(f"kind       {info.kind} ({info.factory}, {info.metric}) - {info.reason}")
+    click.echo(f"ntotal     {info.ntotal:,}  dim {info.dim}")
+    click.echo(f"recall@{info.k:<3} {recall}  params {params}")
+    click.echo(f"built in   {info.build_seconds:.1f}s on {info.built_on}")
+    click.echo(f"index   -> {built.path}")
+
+
+@click.command("search")
+@click.argument("latents")
+@click.option("--id", "ids", multiple=True, help="Query by latent id (repeatable).")
+@click.option("--vector", "vector_file", default=None, help="Query vectors: a .npy [D] or [N, D].")
+@click.option("--image", "images", multiple=True, help="Query by image file (repeatable).")
+@click.option("-k", "k", default=10, show_default=True, help="Neighbours per query.")
+@click.option("--include-self", is_flag=True, help="Keep the query row in --id results.")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default=None)
+@click.option("--nprobe", type=int, default=None, help="Override the tuned IVF nprobe.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--out", "-o", "grid", default=None, help="Also draw the neighbours as a PNG grid.")
+def search_command(
+    latents: str,
+    ids: tuple[str, ...],
+    vector_file: str | None,
+    images: tuple[str, ...],
+    k: int,
+    include_self: bool,
+    metric: str | None,
+    nprobe: int | None,
+    fmt: str,
+    grid: str | None,
+) -> None:
+    """Nearest neighbours of ids, vectors or images in LATENTS."""
+    from embedkit.index.queries import load_vector_file
+    from embedkit.index.search import neighbors
+
+    frame = neighbors(
+        latents,
+        ids=list(ids) or None,
+        vectors=load_vector_file(vector_file) if vector_file else None,
+        images=list(images) or None,
+        k=k,
+        exclude_self=not include_self,
+        metric=metric,
+        nprobe=nprobe,
+    )
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        import json
+
+        click.echo(json.dumps(json.loads(frame.to_json(orient="records")), ensure_ascii=False))
+    else:
+        click.echo(frame.to_string(index=False))
+    if grid:
+        from embedkit.viz.pictures import neighbour_grid
+
+        neighbour_grid(latents, frame, out=grid)
+        click.echo(f"grid -> {grid}", err=True)

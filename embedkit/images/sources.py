@@ -1,0 +1,128 @@
+"""Image sources -> one table of rows: id, path and the carried columns."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from embedkit.errors import InputError
+
+__all__ = ["IMAGE_EXTENSIONS", "Source", "read_source"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+TABLE_SUFFIXES = {".parquet": pd.read_parquet, ".pq": pd.read_parquet, ".csv": pd.read_csv}
+Source = str | os.PathLike | Sequence[str | os.PathLike] | pd.DataFrame
+
+
+def _scan_folder(root: Path) -> pd.DataFrame:
+    paths = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+    return pd.DataFrame(
+        {
+            "id": [p.relative_to(root).as_posix() for p in paths],
+            "path": [str(p) for p in paths],
+        }
+    )
+
+
+def _read_table(file: Path) -> pd.DataFrame:
+    reader = TABLE_SUFFIXES.get(file.suffix.lower())
+    if reader is None:
+        raise InputError(f"{file} is neither an image folder nor a .parquet/.csv table")
+    try:
+        return reader(file)
+    except Exception as exc:  # pandas/pyarrow raise many types; the message is what matters
+        raise InputError(f"cannot read table {file}: {type(exc).__name__}: {exc}") from exc
+
+
+def _from_table(
+    frame: pd.DataFrame, root: Path, where: str, path_column: str, id_column: str | None
+) -> pd.DataFrame:
+    if path_column not in frame.columns:
+        raise InputError(
+            f"{where} has no path column {path_column!r}; columns are "
+            f"{', '.join(map(str, frame.columns))}; pass --path-column NAME"
+        )
+    if id_column is not None and id_column not in frame.columns:
+        raise InputError(
+            f"{where} has no id column {id_column!r}; columns are "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    frame = frame.reset_index(drop=True)
+    empty = frame[path_column].isna() | (frame[path_column].astype(str).str.strip() == "")
+    if empty.any():
+        row = int(empty.to_numpy().nonzero()[0][0])
+        raise InputError(
+            f"{where} row {row}: column {path_column!r} is empty; every row needs an image path"
+        )
+    raw = frame[path_column].astype(str)
+    absolute = [str(p if p.is_absolute() else root / p) for p in map(Path, raw)]
+    if id_column is None and "id" in frame.columns and path_column != "id":
+        id_column = "id"
+    if id_column:
+        missing = frame[id_column].isna() | (frame[id_column].astype(str).str.strip() == "")
+        if missing.any():  # else the id would be NaN: the writer fails mid-run
+            row = int(missing.to_numpy().nonzero()[0][0])
+            raise InputError(f"{where} row {row}: column {id_column!r} is empty; ids are required")
+    ids = frame[id_column].astype(str) if id_column else raw.map(lambda p: Path(p).as_posix())
+    carried = frame.drop(columns=[c for c in (path_column, id_column) if c], errors="ignore")
+    # Reserved names: an "id"/"path" column not chosen as id/path would duplicate ours.
+    reserved = ("id", "path", "source", "embedding")
+    carried = carried.drop(columns=[c for c in reserved if c in carried.columns])
+    out = pd.DataFrame({"id": ids.to_numpy(), "path": absolute})
+    return pd.concat([out, carried.reset_index(drop=True)], axis=1)
+
+
+def _from_paths(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    resolved = [Path(p).resolve() for p in paths]
+    parents = [str(p.parent) for p in resolved]
+    root = Path(os.path.commonpath(parents)) if parents else Path.cwd()
+    return pd.DataFrame(
+        {
+            "id": [p.relative_to(root).as_posix() for p in resolved],
+            "path": [str(p) for p in resolved],
+        }
+    )
+
+
+def read_source(
+    source: Source, path_column: str = "path", id_column: str | None = None
+) -> pd.DataFrame:
+    """Resolve any supported source to a DataFrame with ``id``, ``path`` and carried columns.
+
+    Args:
+        source: an image folder (recursive), a ``.parquet``/``.csv`` table with a path
+            column, a list of image paths, or a pandas DataFrame with a path column.
+        path_column: the column holding image paths (relative paths are resolved
+            against the table's folder, or the working directory for a DataFrame).
+        id_column: the column holding ids; default ``id`` when present, else the path
+            (relative to the corpus root for folders and path lists).
+    """
+    if isinstance(source, pd.DataFrame):
+        rows = _from_table(source, Path.cwd(), "DataFrame", path_column, id_column)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"source {path} does not exist; pass an image folder or a table")
+        if path.is_dir():
+            rows = _scan_folder(path.resolve())
+        else:
+            rows = _from_table(
+                _read_table(path), path.resolve().parent, str(path), path_column, id_column
+            )
+    else:
+        rows = _from_paths(list(source))
+    if rows.empty:
+        raise InputError(
+            f"source {source if not isinstance(source, pd.DataFrame) else 'DataFrame'}"
+            f" holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    duplicated = rows["id"].duplicated()
+    if duplicated.any():
+        row = int(duplicated.to_numpy().nonzero()[0][0])
+        raise InputError(f"duplicate id {rows['id'].iloc[row]!r} at row {row}; ids must be unique")
+    return rows

@@ -1,0 +1,23 @@
+"""FAISS indexes over latent datasets: choose, build, tune, persist, load, search.
+
+``choose`` holds the ``auto`` rules, ``build`` the build steps, ``tune`` the recall
+tuning, ``info``/``persist``/``load`` the saved index folder, ``search`` the
+``neighbors`` API (with ``queries`` and ``results`` on either side of faiss).
+"""
+
+from embedkit.lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "build": ["TARGET_RECALL", "build_index"],
+        "choose": ["IndexChoice", "choose_index", "parse_memory"],
+        "info": ["IndexInfo", "index_dir"],
+        "load": ["load_index"],
+        "loaded": ["LoadedIndex"],
+        "metric": ["METRICS"],
+        "persist": ["read_info"],
+        "queries": ["load_vector_file"],
+        "search": ["clear_index_cache", "neighbors"],
+    },
+)

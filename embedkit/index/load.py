@@ -1,0 +1,74 @@
+"""Loading a saved index, refusing (or rebuilding) one whose latents have changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedkit.errors import InputError
+from embedkit.index.build import build_index
+from embedkit.index.gpu import to_gpu, use_gpu
+from embedkit.index.info import FORMAT_VERSION, index_dir, view_fingerprint
+from embedkit.index.loaded import LoadedIndex
+from embedkit.index.persist import read_index_files, read_info
+from embedkit.index.tune import set_params
+from embedkit.store.dataset import LatentDataset, open_latents
+
+__all__ = ["load_index"]
+
+
+def load_index(
+    latents: str | Path | LatentDataset,
+    mmap: bool = False,
+    rebuild: bool = False,
+    gpu: bool | None = None,
+    progress: bool = False,
+) -> LoadedIndex:
+    """Load the index saved in ``<latents>/index/``.
+
+    Args:
+        latents: the latent dataset folder (or :class:`LatentDataset`).
+        mmap: memory-map the index file read-only instead of reading it into RAM.
+        rebuild: if the latents changed since the index was built, rebuild it with the
+            same settings instead of raising.
+        gpu: ``None`` moves the index to a GPU when one is present (not HNSW).
+        progress: progress bars for a rebuild.
+
+    Example:
+        >>> idx = load_index("latents/", mmap=True)
+        >>> idx.info.recall, idx.ntotal
+    """
+    ds = open_latents(latents)
+    if ds.expression is not None:
+        raise InputError("load_index needs the whole dataset, not a filtered view")
+    folder = index_dir(ds)
+    info = read_info(ds)
+    if info is None:
+        raise InputError(f"no index in {folder}; build one with `embedkit index {ds.path}`")
+    if info.format > FORMAT_VERSION:
+        raise InputError(f"{folder} was written by a newer embedkit; upgrade or rebuild it")
+    if info.fingerprint != view_fingerprint(ds):
+        if rebuild:
+            return build_index(
+                ds,
+                metric=info.metric,
+                kind=info.requested_kind,
+                memory_budget=info.memory_budget,
+                recall_sample=info.recall_sample,
+                k=info.k,
+                gpu=gpu,
+                progress=progress,
+                target_recall=info.target_recall,
+            )
+        raise InputError(
+            f"the index in {folder} is stale: the latents changed since it was built; "
+            f"re-run `embedkit index {ds.path}` (or pass rebuild=True)"
+        )
+    index, ids = read_index_files(folder, ds, mmap)
+    set_params(index, info.params)
+    on_gpu = False
+    if use_gpu(gpu):
+        clone = to_gpu(index)
+        if clone is not None:
+            index, on_gpu = clone, True
+            set_params(index, info.params)
+    return LoadedIndex(index=index, ids=ids, info=info, dataset=ds, on_gpu=on_gpu, path=folder)

@@ -1,0 +1,79 @@
+"""``embedkit.embed``: one entry point that hands a run to the local or the Ray engine."""
+
+from __future__ import annotations
+
+import os
+
+from embedkit.errors import InputError
+from embedkit.images.sources import Source
+from embedkit.pipeline.steps import EmbedResult
+from embedkit.plugins.backbone import Backbone
+
+__all__ = ["ENGINES", "embed"]
+
+ENGINES = ("local", "ray")
+
+
+def embed(
+    source: Source,
+    backbone: str | Backbone,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    normalize: bool = False,
+    dtype: str = "float32",
+    path_column: str = "path",
+    id_column: str | None = None,
+    retry_errors: bool = False,
+    rows_per_part: int = 100_000,
+    progress: bool = True,
+    backbone_options: dict | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+) -> EmbedResult:
+    """Embed every image of ``source`` into the latent dataset at ``out_dir``.
+
+    Re-running on the same ``out_dir`` skips ids already embedded (and inputs that
+    failed before, unless ``retry_errors``), so an interrupted run resumes.
+
+    Args:
+        source: image folder, ``.parquet``/``.csv`` table, list of paths, or DataFrame.
+        backbone: a registered name (``timm/resnet18``, ``vae:runs/x``) or a Backbone.
+        out_dir: the latent dataset folder (created if missing).
+        batch_size: images per forward pass.
+        num_workers: DataLoader worker processes decoding images (default: one per core).
+        normalize: store L2-normalized vectors.
+        dtype: ``float32`` or ``float16`` storage.
+        engine: ``local`` (this process and its workers) or ``ray`` (a Ray cluster:
+            :func:`embedkit.pipeline.ray_engine.embed_with_ray`, see docs/scale.md).
+        ray_address: the Ray cluster to join (default: ``$RAY_ADDRESS`` or a local Ray).
+
+    Example:
+        >>> embedkit.embed("photos/", "timm/resnet18", "latents/")
+    """
+    options = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "device": device,
+        "normalize": normalize,
+        "dtype": dtype,
+        "path_column": path_column,
+        "id_column": id_column,
+        "retry_errors": retry_errors,
+        "rows_per_part": rows_per_part,
+        "progress": progress,
+        "backbone_options": backbone_options,
+    }
+    if engine == "ray":
+        from embedkit.pipeline.ray_engine import embed_with_ray
+
+        return embed_with_ray(source, backbone, out_dir, ray_address=ray_address, **options)
+    if engine != "local":
+        raise InputError(f"engine {engine!r} is not supported; use {' or '.join(ENGINES)}")
+    if ray_address is not None:
+        raise InputError("ray_address needs engine='ray' (--engine ray)")
+    from embedkit.pipeline.local import embed_local
+
+    return embed_local(source, backbone, out_dir, **options)

@@ -1,0 +1,288 @@
+"""The Ray engine: the embedding pipeline spread over a Ray cluster.
+
+::
+
+    driver: start_run (source, writer, resume) -> ray.data.from_pandas(row, path)
+        │
+        ▼  map_batches(_decode): Ray tasks, load_image + backbone.preprocess (no weights)
+        │  failures become rows with an error reason, never exceptions
+        ▼  map_batches(_Encoder): an actor pool, one model per actor (num_gpus=1 on GPUs)
+        │
+    driver: iter_batches -> the same LatentWriter as the local engine (parts, metadata, errors)
+
+Everything on either side of Ray is shared with the local engine (:mod:`.steps`), so a
+dataset written by either engine is the same dataset. Ray is optional:
+``pip install 'embedkit[ray]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from embedkit.errors import BackboneError
+from embedkit.images.sources import Source
+from embedkit.pipeline.ray_cluster import (
+    connect,
+    import_ray,
+    one_line_error,
+    plan_resources,
+    quiet_data,
+    task_pool,
+)
+from embedkit.pipeline.steps import (
+    EmbedResult,
+    ImageDataset,
+    PendingRun,
+    collate,
+    no_image_read,
+    start_run,
+    worker_init,
+)
+from embedkit.plugins.backbone import Backbone
+from embedkit.plugins.info import BackboneInfo
+from embedkit.plugins.registry import load_backbone
+
+__all__ = ["embed_with_ray"]
+
+#: rows per input block: enough blocks to keep every decode slot busy, few enough to be cheap
+MAX_BLOCK_ROWS = 4096
+#: host memory an actor reserves beyond its weights (measured: ~0.6 GiB with torch, ~1.3 GiB
+#: running timm/resnet18 at batch 32)
+ACTOR_MEMORY_SLACK = 3 << 29
+_PROBE = Image.new("RGB", (64, 64), (128, 96, 64))
+
+
+def _preprocessor(backbone: Backbone) -> tuple[Backbone, tuple[int, ...], np.dtype]:
+    """What decode tasks get: a copy of ``backbone`` without its model when that preprocesses
+    alike (so weights are not shipped to every task), and the shape/dtype of one image."""
+    try:
+        want = backbone.preprocess(_PROBE)
+    except Exception as exc:
+        raise BackboneError(
+            f"backbone {backbone.name!r} cannot preprocess a 64x64 RGB image ({exc})"
+        ) from exc
+    light = copy.copy(backbone)
+    try:
+        light.model = None
+        same = torch.equal(light.preprocess(_PROBE), want)
+    except Exception:  # preprocess needs the model after all: ship the whole backbone
+        same = False
+    dtype = want.numpy().dtype
+    return (light if same else backbone), tuple(want.shape), dtype
+
+
+def _model_bytes(backbone: Backbone) -> int:
+    """Bytes of the backbone's weights and buffers (0 without a torch model)."""
+    if backbone.model is None:
+        return 0
+    tensors = [*backbone.model.parameters(), *backbone.model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _decode(
+    batch: dict[str, np.ndarray], preprocess: Callable, shape: tuple[int, ...], dtype: np.dtype
+) -> dict[str, np.ndarray]:
+    """A Ray task: paths -> preprocessed pixels; unreadable images get an ``error`` reason."""
+    worker_init()
+    images = ImageDataset([str(p) for p in batch["path"]], preprocess)
+    good, tensors, failed = collate([images[i] for i in range(len(images))])
+    pixels = np.zeros((len(images), *shape), dtype=dtype)
+    if good:
+        pixels[good] = tensors.numpy()
+    errors = np.full(len(images), "", dtype=object)
+    for i, reason in failed:
+        errors[i] = reason
+    return {"row": batch["row"], "pixels": pixels, "error": errors}
+
+
+class _Encoder:
+    """A Ray actor holding one model: pixels -> latents (zeros where decoding failed)."""
+
+    def __init__(
+        self,
+        info: BackboneInfo,
+        device: str,
+        normalize: bool,
+        threads: int,
+        shipped: Backbone | None = None,
+    ):
+        torch.set_num_threads(threads)
+        if shipped is None:
+            self.backbone = load_backbone(info, device=device)
+        else:
+            self.backbone = shipped.to(device)
+        self.normalize = normalize
+        self.dim = info.dim
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        good = np.asarray([not e for e in batch["error"]], dtype=bool)
+        vectors = np.zeros((len(good), self.dim), dtype=np.float32)
+        if good.any():
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
+            if self.backbone.device.type == "cuda":
+                pixels = pixels.pin_memory()
+            out = self.backbone.encode(pixels)
+            if self.normalize:
+                out = torch.nn.functional.normalize(out, dim=1)
+            vectors[good] = out.numpy()
+        return {"row": batch["row"], "error": batch["error"], "embedding": vectors}
+
+
+def _pipeline(
+    ray: ModuleType,
+    paths: np.ndarray,
+    backbone: Backbone,
+    shipped: Backbone | None,
+    plan: dict[str, Any],
+    batch_size: int,
+    num_workers: int | None,
+    normalize: bool,
+) -> Any:
+    """The Ray Dataset of ``{row, error, embedding}`` batches for ``paths`` (lazy)."""
+    preprocess, shape, pixel_dtype = _preprocessor(backbone)
+    slots = max(1, int(plan["cpus"]) * 4)
+    block = min(MAX_BLOCK_ROWS, max(batch_size, math.ceil(len(paths) / slots)))
+    frame = pd.DataFrame({"row": np.arange(len(paths)), "path": paths.astype(str)})
+    data = ray.data.from_pandas([frame.iloc[i : i + block] for i in range(0, len(frame), block)])
+    data = data.map_batches(
+        _decode,
+        batch_size=batch_size,
+        batch_format="numpy",
+        fn_kwargs={"preprocess": preprocess.preprocess, "shape": shape, "dtype": pixel_dtype},
+        num_cpus=plan["decode_cpus"],
+        **task_pool(ray, num_workers),
+    )
+    return data.map_batches(
+        _Encoder,
+        batch_size=batch_size,
+        batch_format="numpy",
+        fn_constructor_kwargs={
+            "info": backbone.info,
+            "device": plan["device"],
+            "normalize": normalize,
+            "threads": max(1, int(plan["actor_cpus"])),
+            "shipped": shipped,
+        },
+        num_cpus=plan["actor_cpus"],
+        num_gpus=plan["gpus_per_actor"],
+        # host memory for one model; resources that differ from the decode tasks' also
+        # keep Ray Data from fusing decoding into the actors (it must run beside them)
+        memory=_model_bytes(backbone) + ACTOR_MEMORY_SLACK,
+        compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
+    )
+
+
+def embed_with_ray(
+    source: Source,
+    backbone: str | Backbone,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    normalize: bool = False,
+    dtype: str = "float32",
+    path_column: str = "path",
+    id_column: str | None = None,
+    retry_errors: bool = False,
+    rows_per_part: int = 100_000,
+    progress: bool = True,
+    backbone_options: dict | None = None,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+) -> EmbedResult:
+    """:func:`embedkit.embed` on Ray: same arguments, same output, same resume.
+
+    Args:
+        ray_address: the cluster to join (``ray://head:10001``, ``auto``); default
+            ``$RAY_ADDRESS``, else a local Ray on this machine's cores. A Ray already
+            initialized in this process is used as is and not shut down.
+        num_workers: cap on concurrent decode tasks (default: as many as Ray fits).
+        device: the actors' device (default ``cuda`` when the cluster has GPUs, else cpu).
+        actors: model replicas (default: ``$EMBEDKIT_RAY_ACTORS``, else one per GPU, or
+            half the cluster's cores on a CPU-only cluster).
+        gpus_per_actor: GPUs each actor reserves (default 1 where there are GPUs, else 0;
+            0.5 puts two actors on a GPU).
+
+    A ``backbone`` name is rebuilt in every actor from its :class:`BackboneInfo` (weights
+    files must be readable on every node); a :class:`Backbone` object is shipped as is.
+    """
+    ray = import_ray()
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    shipped: Backbone | None = None
+    if isinstance(backbone, str):  # the driver's copy only gives info and preprocess
+        backbone = load_backbone(backbone, device="cpu", **(backbone_options or {}))
+    else:
+        shipped = backbone
+    run = start_run(
+        source,
+        backbone.info,
+        out_dir,
+        normalize=normalize,
+        dtype=dtype,
+        rows_per_part=rows_per_part,
+        path_column=path_column,
+        id_column=id_column,
+        retry_errors=retry_errors,
+    )
+    if run.rows.empty:
+        return EmbedResult(out_dir, 0, run.skipped, 0, time.monotonic() - started)
+    ours = connect(ray, ray_address)
+    try:
+        plan = plan_resources(ray, device, actors, gpus_per_actor)
+        paths = run.rows["path"].to_numpy()
+        data = _pipeline(ray, paths, backbone, shipped, plan, batch_size, num_workers, normalize)
+        with quiet_data(ray):
+            errors = _write_all(data, run, progress)
+    except Exception as exc:
+        if isinstance(exc, ray.exceptions.RayError) or type(exc).__module__.startswith("ray"):
+            # a worker's error wrapped by Ray: its cause, in one line
+            raise one_line_error(exc) from exc
+        raise
+    finally:
+        if ours:
+            ray.shutdown()
+    failure = no_image_read(out_dir, run.writer.rows_written, run.skipped, errors)
+    if failure is not None:
+        raise failure
+    seconds = time.monotonic() - started
+    return EmbedResult(out_dir, run.writer.rows_written, run.skipped, errors, seconds)
+
+
+def _write_all(data: Any, run: PendingRun, progress: bool) -> int:
+    """Drain the Ray Dataset into the writer; returns the number of decode errors (also
+    written to the errors table, even when the run stops early)."""
+    ids, paths = run.rows["id"].to_numpy(), run.rows["path"].to_numpy()
+    errors: list[tuple[str, str]] = []
+    bar = tqdm(total=len(ids), unit="img", desc="embed", disable=not progress, smoothing=0.1)
+    with run.writer:
+        try:
+            for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+                good = np.asarray([not e for e in batch["error"]], dtype=bool)
+                take, failed = batch["row"][good], batch["row"][~good]
+                errors += zip(paths[failed], map(str, batch["error"][~good]), strict=True)
+                if len(take):
+                    carried = run.carried.iloc[take] if run.carried is not None else None
+                    run.writer.write(ids[take], paths[take], batch["embedding"][good], carried)
+                bar.update(len(good))
+                if len(failed):
+                    bar.set_postfix(errors=len(errors))
+        finally:
+            run.writer.write_errors([s for s, _ in errors], [r for _, r in errors])
+            bar.close()
+    return len(errors)

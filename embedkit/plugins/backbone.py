@@ -1,0 +1,120 @@
+"""The Backbone base class every encoder plugin subclasses: device, batching, autocast."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from embedkit.device import autocast_for, resolve_device
+from embedkit.errors import BackboneError
+from embedkit.plugins.info import BackboneInfo
+
+__all__ = ["Backbone"]
+
+
+class Backbone:
+    """An image encoder: PIL image -> tensor -> ``[B, D]`` float32 latents.
+
+    Subclasses set ``self.model`` (an ``nn.Module``, moved to the device for you)
+    and implement :attr:`info`, :meth:`preprocess` and :meth:`forward`. Backbones
+    with a decoder also set ``can_decode = True`` and implement :meth:`forward_decode`.
+    """
+
+    can_decode: bool = False
+    model: torch.nn.Module | None = None
+
+    def __init__(self, device: str | torch.device | None = None, autocast: bool = True):
+        self.device = resolve_device(device)
+        self.autocast = autocast
+        self._ready = False
+
+    # -- to implement -------------------------------------------------------
+    @property
+    def info(self) -> BackboneInfo:
+        raise NotImplementedError
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One RGB PIL image -> a ``[C, H, W]`` float tensor ready for :meth:`forward`."""
+        raise NotImplementedError
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """A preprocessed batch already on ``self.device`` -> ``[B, D]`` features."""
+        raise NotImplementedError
+
+    def forward_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents on ``self.device`` -> images ``[B, 3, H, W]`` in ``[0, 1]``."""
+        raise BackboneError(f"backbone {self.info.name!r} has no decoder; use an ae:/vae: backbone")
+
+    # -- provided -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    def to(self, device: str | torch.device) -> Backbone:
+        """Move to another device."""
+        self.device = resolve_device(device)
+        self._ready = False
+        return self
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        if self.model is not None:
+            self.model.to(self.device).eval()
+            if self.device.type == "cuda":
+                self.model.to(memory_format=torch.channels_last)
+        self._ready = True
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images ``[B, C, H, W]`` -> latents ``[B, D]`` (float32, on CPU)."""
+        self._prepare()
+        if batch.ndim == 3:
+            batch = batch.unsqueeze(0)
+        non_blocking = self.device.type == "cuda" and batch.is_pinned()
+        batch = batch.to(self.device, non_blocking=non_blocking)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast_for(self.device, self.autocast):
+            out = self.forward(batch)
+        return out.float().reshape(out.shape[0], -1).cpu()
+
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """Convenience: PIL images -> latents ``[B, D]``."""
+        from embedkit.images.decode import as_rgb  # the decoder a corpus image went through
+
+        return self.encode(torch.stack([self.preprocess(as_rgb(im)) for im in images]))
+
+    def decode(self, latents: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Latents ``[B, D]`` -> images ``[B, 3, H, W]`` in ``[0, 1]`` (float32, on CPU)."""
+        if not self.can_decode:
+            raise BackboneError(
+                f"backbone {self.info.name!r} has no decoder; use an ae:/vae: backbone"
+            )
+        self._prepare()
+        if torch.is_tensor(latents):
+            z = latents.float()
+        else:  # a copy: latents read from Parquet are read-only views
+            z = torch.from_numpy(np.array(latents, dtype=np.float32))
+        if z.ndim == 1:
+            z = z.unsqueeze(0)
+        if z.shape[1] != self.info.dim:
+            raise BackboneError(
+                f"latents have dim {z.shape[1]}, backbone {self.info.name!r} "
+                f"decodes dim {self.info.dim}"
+            )
+        with torch.inference_mode(), autocast_for(self.device, self.autocast):
+            images = self.forward_decode(z.to(self.device))
+        return images.float().clamp(0, 1).cpu()
+
+    def decode_images(self, latents: torch.Tensor | np.ndarray) -> list[Image.Image]:
+        """Latents ``[B, D]`` -> PIL images."""
+        arrays = (self.decode(latents).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        return [Image.fromarray(a) for a in arrays]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.info.name} dim={self.info.dim} device={self.device}>"

@@ -1,0 +1,236 @@
+"""Reading a latent dataset: :class:`LatentDataset`, a read-only, filterable view."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from embedkit.errors import InputError
+from embedkit.plugins.info import BackboneInfo
+from embedkit.store.format import (
+    EMBEDDING,
+    PART_GLOB,
+    LatentMeta,
+    missing_ids_message,
+    part_files,
+    read_errors,
+    read_meta,
+    vectors_from_column,
+)
+
+__all__ = ["LatentBatch", "LatentDataset", "open_latents"]
+
+
+class LatentBatch(NamedTuple):
+    """One batch from :meth:`LatentDataset.iter_batches`."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    table: pa.Table
+
+
+def _equals_filter(equals: dict[str, Any]) -> pc.Expression:
+    expr = None
+    for column, value in equals.items():
+        if isinstance(value, (list, tuple, set, np.ndarray, pd.Series)):
+            term = pc.field(column).isin(list(value))
+        else:
+            term = pc.field(column) == value
+        expr = term if expr is None else expr & term
+    return expr
+
+
+class LatentDataset:
+    """A read-only view of a latent dataset, optionally filtered.
+
+    Example:
+        >>> ds = open_latents("latents/")
+        >>> ds.dim, len(ds), ds.backbone.name
+        >>> X = ds.to_numpy()                     # [N, D] float32
+        >>> red = ds.filter(color="red")          # a filtered view
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        files: Sequence[Path],
+        meta: LatentMeta,
+        expression: pc.Expression | None = None,
+    ):
+        self.path = Path(path)
+        self.files = list(files)
+        self.meta = meta
+        self.expression = expression
+
+    # -- metadata -----------------------------------------------------------
+    @property
+    def backbone(self) -> BackboneInfo:
+        return self.meta.backbone
+
+    @property
+    def dim(self) -> int:
+        return self.meta.dim
+
+    @property
+    def normalized(self) -> bool:
+        return self.meta.normalized
+
+    @cached_property
+    def dataset(self) -> pads.Dataset:
+        return pads.dataset([str(f) for f in self.files], format="parquet")
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.dataset.schema
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column but the embedding."""
+        return [name for name in self.schema.names if name != EMBEDDING]
+
+    def __len__(self) -> int:
+        if self.expression is not None:
+            return self.dataset.count_rows(filter=self.expression)
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+
+    def __repr__(self) -> str:
+        return (
+            f"<LatentDataset {self.path} rows={len(self)} dim={self.dim} "
+            f"backbone={self.backbone.name}>"
+        )
+
+    def fingerprint(self) -> str:
+        """Changes whenever a part is added, removed or rewritten."""
+        digest = hashlib.sha256()
+        for f in self.files:
+            st = f.stat()
+            digest.update(f"{f.name}:{st.st_size}:{pq.ParquetFile(f).metadata.num_rows};".encode())
+        return digest.hexdigest()[:16]
+
+    # -- views --------------------------------------------------------------
+    def filter(self, expression: pc.Expression | None = None, **equals: Any) -> LatentDataset:
+        """Rows matching a pyarrow expression and/or ``column=value`` (a list means any of)."""
+        missing = [c for c in equals if c not in self.columns]
+        if missing:
+            raise InputError(
+                f"no column {missing[0]!r} in {self.path}; columns: {', '.join(self.columns)}"
+            )
+        expr = self.expression
+        for term in (expression, _equals_filter(equals) if equals else None):
+            if term is not None:
+                expr = term if expr is None else expr & term
+        return LatentDataset(self.path, self.files, self.meta, expr)
+
+    # -- reads --------------------------------------------------------------
+    def to_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows as a pyarrow Table (all columns, or those named)."""
+        if columns is not None:
+            unknown = [c for c in columns if c not in self.schema.names]
+            if unknown:
+                raise InputError(
+                    f"no column {unknown[0]!r} in {self.path}; columns: "
+                    f"{', '.join(self.schema.names)}"
+                )
+        return self.dataset.to_table(
+            columns=list(columns) if columns else None, filter=self.expression
+        )
+
+    def to_numpy(self) -> np.ndarray:
+        """All vectors as ``[N, D]`` (float32 or float16 as stored), with no per-row Python."""
+        return vectors_from_column(self.to_table([EMBEDDING]).column(EMBEDDING), self.dim)
+
+    def ids(self) -> np.ndarray:
+        """Row ids in storage order (the order of :meth:`to_numpy`)."""
+        return self.to_table(["id"]).column("id").to_numpy(zero_copy_only=False)
+
+    def vectors_of(self, ids: Sequence[Any]) -> np.ndarray:
+        """The stored vectors of ``ids`` in the order given (repeats allowed), read with
+        one filtered scan rather than loading the whole dataset."""
+        wanted = [str(i) for i in ids]
+        if not wanted:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        expr = pc.field("id").isin(wanted)
+        if self.expression is not None:
+            expr = expr & self.expression
+        table = self.dataset.to_table(columns=["id", EMBEDDING], filter=expr)
+        where = pc.index_in(pa.array(wanted, pa.string()), value_set=table.column("id"))
+        if where.null_count:
+            missing = where.is_null().to_numpy(zero_copy_only=False)
+            raise InputError(
+                missing_ids_message([wanted[i] for i in np.flatnonzero(missing)], self.path)
+            )
+        return vectors_from_column(table.column(EMBEDDING).take(where), self.dim)
+
+    def to_pandas(
+        self, columns: Sequence[str] | None = None, embedding: bool = True
+    ) -> pd.DataFrame:
+        """A DataFrame; ``embedding`` holds one numpy vector per row unless ``embedding=False``."""
+        if columns is None:
+            columns = self.columns + ([EMBEDDING] if embedding else [])
+        table = self.to_table(columns)
+        vectors = None
+        if EMBEDDING in table.column_names:
+            vectors = vectors_from_column(table.column(EMBEDDING), self.dim)
+            table = table.drop_columns([EMBEDDING])
+        frame = table.to_pandas()
+        if vectors is not None:
+            frame[EMBEDDING] = list(vectors)
+        return frame
+
+    def iter_batches(
+        self, batch_size: int = 65536, columns: Sequence[str] | None = None
+    ) -> Iterator[LatentBatch]:
+        """Stream ``(ids, vectors, table)`` batches; memory stays bounded by ``batch_size``."""
+        wanted = list(dict.fromkeys(["id", *(columns or []), EMBEDDING]))
+        scanner = self.dataset.scanner(
+            columns=wanted, filter=self.expression, batch_size=batch_size
+        )
+        for record_batch in scanner.to_batches():
+            if record_batch.num_rows == 0:
+                continue
+            table = pa.Table.from_batches([record_batch])
+            yield LatentBatch(
+                ids=table.column("id").to_numpy(zero_copy_only=False),
+                vectors=vectors_from_column(table.column(EMBEDDING), self.dim),
+                table=table.drop_columns([EMBEDDING]),
+            )
+
+    def errors(self) -> pd.DataFrame:
+        """Inputs that could not be embedded: ``source``, ``reason``."""
+        return read_errors(self.path)
+
+
+def open_latents(path: str | Path | LatentDataset) -> LatentDataset:
+    """Open a latent dataset folder written by :func:`embedkit.embed` or :func:`write_latents`."""
+    if isinstance(path, LatentDataset):
+        return path
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"latent dataset {path} does not exist; create it with `embedkit embed`")
+    files = part_files(path)
+    if not files:
+        raise InputError(f"{path} holds no {PART_GLOB} files; it is empty or not a latent dataset")
+    meta = read_meta(files[0])
+    for f in files[1:]:
+        other = read_meta(f)
+        if (other.backbone, other.dim, other.normalized) != (
+            meta.backbone,
+            meta.dim,
+            meta.normalized,
+        ):
+            raise InputError(
+                f"{f} was made by {other.backbone.name} (dim {other.dim}) but "
+                f"{files[0].name} by {meta.backbone.name} (dim {meta.dim}); "
+                "a dataset must hold one backbone's latents"
+            )
+    return LatentDataset(path, files, meta)

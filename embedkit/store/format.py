@@ -1,0 +1,148 @@
+"""The on-disk format of a latent dataset: layout, metadata, vector columns, errors table.
+
+A latent dataset is a folder::
+
+    latents/
+      part-00000.parquet   id, source, <carried columns>, embedding: fixed_size_list<float32>[D]
+      part-00001.parquet   (each written to a hidden temp name, then renamed when complete)
+      errors/part-*.parquet  source, reason — inputs that could not be embedded
+      index/               FAISS index built from these latents
+
+Every part carries the same schema metadata under the key ``embedkit``: the
+backbone info, dim, normalization, dtype, embedkit version and creation time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from embedkit.errors import InputError
+from embedkit.plugins.info import BackboneInfo
+
+__all__ = [
+    "EMBEDDING",
+    "ERRORS_DIR",
+    "META_KEY",
+    "PART_GLOB",
+    "LatentMeta",
+    "error_files",
+    "missing_ids_message",
+    "part_files",
+    "read_errors",
+    "read_meta",
+    "vectors_from_column",
+]
+
+EMBEDDING = "embedding"
+META_KEY = b"embedkit"
+PART_GLOB = "part-*.parquet"
+ERRORS_DIR = "errors"
+
+
+@dataclass(frozen=True)
+class LatentMeta:
+    """Dataset-level metadata stored in every part's schema."""
+
+    backbone: BackboneInfo
+    dim: int
+    normalized: bool = False
+    dtype: str = "float32"
+    embedkit_version: str = ""
+    created: str = ""
+
+    def to_bytes(self) -> bytes:
+        data = {
+            "backbone": json.loads(self.backbone.to_json()),
+            "dim": self.dim,
+            "normalized": self.normalized,
+            "dtype": self.dtype,
+            "embedkit_version": self.embedkit_version,
+            "created": self.created,
+        }
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LatentMeta:
+        data = json.loads(raw)
+        return cls(
+            backbone=BackboneInfo.from_json(json.dumps(data["backbone"])),
+            dim=int(data["dim"]),
+            normalized=bool(data.get("normalized", False)),
+            dtype=data.get("dtype", "float32"),
+            embedkit_version=data.get("embedkit_version", ""),
+            created=data.get("created", ""),
+        )
+
+
+def part_files(path: Path) -> list[Path]:
+    return sorted(path.glob(PART_GLOB))
+
+
+def read_meta(file: Path) -> LatentMeta:
+    """The embedkit metadata of one part file, or an InputError naming the file."""
+    try:
+        schema = pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(
+            f"{file} is not a readable Parquet file ({exc}); delete it and re-run"
+        ) from exc
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise InputError(f"{file} has no embedkit metadata; it was not written by embedkit")
+    return LatentMeta.from_bytes(raw)
+
+
+def _chunk_values(chunk: pa.Array, dim: int) -> np.ndarray:
+    flat = chunk.flatten()  # respects slicing offsets
+    if flat.null_count:
+        raise InputError("embedding column holds nulls; the dataset is damaged")
+    return flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def vectors_from_column(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """A fixed_size_list column -> ``[N, dim]`` numpy: zero-copy for one chunk, else one
+    copy of each chunk straight into the result (no intermediate concatenation)."""
+    chunks = [
+        c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)
+    ]
+    if len(chunks) == 1:
+        return _chunk_values(chunks[0], dim)
+    dtype = np.float16 if column.type.value_type == pa.float16() else np.float32
+    out = np.empty((sum(len(c) for c in chunks), dim), dtype=dtype)
+    start = 0
+    for chunk in chunks:
+        out[start : start + len(chunk)] = _chunk_values(chunk, dim)
+        start += len(chunk)
+    return out
+
+
+def missing_ids_message(absent: Sequence[str], path: Path) -> str:
+    """One line naming ids that are not in the latent dataset at ``path``."""
+    shown = ", ".join(repr(a) for a in absent[:3]) + (" ..." if len(absent) > 3 else "")
+    return (
+        f"id {shown} not found in {path} ({len(absent)} missing); "
+        "check the ids (see the `id` column) or re-run `embedkit index`"
+    )
+
+
+def error_files(path: Path) -> list[Path]:
+    """The parts of the errors table of the latent dataset folder ``path``."""
+    return sorted((path / ERRORS_DIR).glob(PART_GLOB))
+
+
+def read_errors(path: Path) -> pd.DataFrame:
+    """The errors table (``source``, ``reason``) of the folder ``path``; works before any
+    latent part exists (a run where every input failed)."""
+    files = error_files(path)
+    if not files:
+        return pd.DataFrame({"source": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+    return pads.dataset([str(f) for f in files], format="parquet").to_table().to_pandas()
