@@ -18,6 +18,7 @@ HERE = Path(__file__).parent
 # script -> (arguments for `make bench`, arguments for --quick); sized so that the whole
 # suite stays under 10 minutes on a 2-core CPU
 SCRIPTS = {
+    "startup.py": ([], ["--repeats", "3"]),
     "embed_throughput.py": ([], ["--n", "64", "--repeats", "1"]),
     "embed_throughput.py --backbone pixels": (
         ["--backbone", "pixels", "--n", "2000"],

@@ -214,7 +214,8 @@ def test_cli_starts_without_heavy_imports(argv, allowed):
 
 
 def test_every_lazy_export_resolves():
-    for package in ("embedkit", *sorted(m for m in EMBEDKIT if m.count(".") == 1)):
+    packages = sorted(m for m in EMBEDKIT if m.count(".") == 1 and m != "embedkit.__main__")
+    for package in ("embedkit", *packages):
         module = __import__(package, fromlist=["*"])
         for name in getattr(module, "__all__", []):
             assert getattr(module, name) is not None, f"{package}.{name}"
@@ -229,3 +230,43 @@ def test_public_api_kept_its_names():
     open_latents read_source render_latents save_vectors vectors_for_ids write_latents"""
     assert set(before.split()) <= set(embedkit.__all__)
     assert set(dir(embedkit)) >= set(embedkit.__all__)
+
+
+#: packages in data-flow order; a package imports only from lower layers (docs/architecture.md)
+LAYERS = [
+    {
+        "embedkit",
+        "embedkit.version",
+        "embedkit.lazy",
+        "embedkit.errors",
+        "embedkit.files",
+        "embedkit.device",
+    },
+    {"embedkit.images"},
+    {"embedkit.plugins"},
+    {"embedkit.store"},
+    {"embedkit.pipeline", "embedkit.index", "embedkit.algebra"},
+    {"embedkit.viz"},
+    {"embedkit.demo"},
+    {"embedkit.cli"},
+    {"embedkit.__main__"},
+]
+
+
+def package_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_packages_follow_the_data_flow():
+    layer = {package: n for n, packages in enumerate(LAYERS) for package in packages}
+    assert set(map(package_of, EMBEDKIT)) == set(layer), "a package is missing from LAYERS"
+    wrong = []
+    for module, targets in internal_graph().items():
+        here = package_of(module)
+        for target in targets:
+            there = package_of(target)
+            upward = layer[there] > layer[here]
+            sideways = layer[there] == layer[here] and there != here and layer[here] > 0
+            if upward or sideways:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "imports against the flow:\n" + "\n".join(sorted(wrong))

@@ -223,11 +223,8 @@ def open_latents(path: str | Path | LatentDataset) -> LatentDataset:
     meta = read_meta(files[0])
     for f in files[1:]:
         other = read_meta(f)
-        if (other.backbone, other.dim, other.normalized) != (
-            meta.backbone,
-            meta.dim,
-            meta.normalized,
-        ):
+        same_space = other.backbone.compatible_with(meta.backbone) and other.dim == meta.dim
+        if not same_space or other.normalized != meta.normalized:
             raise InputError(
                 f"{f} was made by {other.backbone.name} (dim {other.dim}) but "
                 f"{files[0].name} by {meta.backbone.name} (dim {meta.dim}); "

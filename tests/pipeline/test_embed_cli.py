@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from images import expected_vectors, make_images
+from sample_images import expected_vectors, make_images
 from PIL import Image
 
 from embedkit import open_latents

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from embedkit_pixels import PixelsBackbone
-from images import expected_vectors, make_images
+from sample_images import expected_vectors, make_images
 from PIL import Image
 
 import embedkit
