@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     {
         "embedding": ["ENGINES", "embed"],
-        "steps": ["EmbedResult", "default_num_workers"],
+        "steps": ["EmbedOptions", "EmbedResult", "default_num_workers"],
         "local": ["embed_local"],
         "ray_engine": ["embed_with_ray"],
     },

@@ -6,7 +6,7 @@ import os
 
 from embedkit.errors import InputError
 from embedkit.images.sources import Source
-from embedkit.pipeline.steps import EmbedResult
+from embedkit.pipeline.steps import EmbedOptions, EmbedResult
 from embedkit.plugins.backbone import Backbone
 
 __all__ = ["ENGINES", "embed"]
@@ -53,27 +53,27 @@ def embed(
     Example:
         >>> embedkit.embed("photos/", "timm/resnet18", "latents/")
     """
-    options = {
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "device": device,
-        "normalize": normalize,
-        "dtype": dtype,
-        "path_column": path_column,
-        "id_column": id_column,
-        "retry_errors": retry_errors,
-        "rows_per_part": rows_per_part,
-        "progress": progress,
-        "backbone_options": backbone_options,
-    }
+    options = EmbedOptions(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        normalize=normalize,
+        dtype=dtype,
+        path_column=path_column,
+        id_column=id_column,
+        retry_errors=retry_errors,
+        rows_per_part=rows_per_part,
+        progress=progress,
+        backbone_options=backbone_options,
+    )
     if engine == "ray":
         from embedkit.pipeline.ray_engine import embed_with_ray
 
-        return embed_with_ray(source, backbone, out_dir, ray_address=ray_address, **options)
+        return embed_with_ray(source, backbone, out_dir, ray_address=ray_address, **vars(options))
     if engine != "local":
         raise InputError(f"engine {engine!r} is not supported; use {' or '.join(ENGINES)}")
     if ray_address is not None:
         raise InputError("ray_address needs engine='ray' (--engine ray)")
     from embedkit.pipeline.local import embed_local
 
-    return embed_local(source, backbone, out_dir, **options)
+    return embed_local(source, backbone, out_dir, options)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from embedkit.images.sources import Source
 from embedkit.pipeline.steps import (
+    EmbedOptions,
     EmbedResult,
     ImageDataset,
     PendingRun,
@@ -33,43 +34,24 @@ def embed_local(
     source: Source,
     backbone: str | Backbone,
     out_dir: str | os.PathLike,
-    *,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str | None = None,
-    normalize: bool = False,
-    dtype: str = "float32",
-    path_column: str = "path",
-    id_column: str | None = None,
-    retry_errors: bool = False,
-    rows_per_part: int = 100_000,
-    progress: bool = True,
-    backbone_options: dict | None = None,
+    options: EmbedOptions | None = None,
 ) -> EmbedResult:
-    """:func:`embedkit.embed` with ``engine="local"``: same arguments, no Ray ones."""
+    """:func:`embedkit.embed` with ``engine="local"``."""
+    options = options or EmbedOptions()
     started = time.monotonic()
     out_dir = Path(out_dir)
     if isinstance(backbone, str):
-        backbone = load_backbone(backbone, device=device, **(backbone_options or {}))
-    elif device is not None:
-        backbone.to(device)
-    run = start_run(
-        source,
-        backbone.info,
-        out_dir,
-        normalize=normalize,
-        dtype=dtype,
-        rows_per_part=rows_per_part,
-        path_column=path_column,
-        id_column=id_column,
-        retry_errors=retry_errors,
-    )
+        extra = options.backbone_options or {}
+        backbone = load_backbone(backbone, device=options.device, **extra)
+    elif options.device is not None:
+        backbone.to(options.device)
+    run = start_run(source, backbone.info, out_dir, options)
     if run.rows.empty:
         return EmbedResult(out_dir, 0, run.skipped, 0, time.monotonic() - started)
-    workers = default_num_workers() if num_workers is None else num_workers
+    workers = default_num_workers() if options.num_workers is None else options.num_workers
     loader = DataLoader(
         ImageDataset(run.rows["path"].tolist(), backbone.preprocess),
-        batch_size=batch_size,
+        batch_size=options.batch_size,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=backbone.device.type == "cuda",
@@ -77,7 +59,7 @@ def embed_local(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    errors = _encode_all(loader, backbone, run, normalize, progress)
+    errors = _encode_all(loader, backbone, run, options.normalize, options.progress)
     failure = no_image_read(out_dir, run.writer.rows_written, run.skipped, len(errors))
     if failure is not None:
         raise failure

@@ -43,6 +43,7 @@ from embedkit.pipeline.ray_cluster import (
     task_pool,
 )
 from embedkit.pipeline.steps import (
+    EmbedOptions,
     EmbedResult,
     ImageDataset,
     PendingRun,
@@ -147,11 +148,10 @@ def _pipeline(
     backbone: Backbone,
     shipped: Backbone | None,
     plan: dict[str, Any],
-    batch_size: int,
-    num_workers: int | None,
-    normalize: bool,
+    options: EmbedOptions,
 ) -> Any:
     """The Ray Dataset of ``{row, error, embedding}`` batches for ``paths`` (lazy)."""
+    batch_size = options.batch_size
     preprocess, shape, pixel_dtype = _preprocessor(backbone)
     slots = max(1, int(plan["cpus"]) * 4)
     block = min(MAX_BLOCK_ROWS, max(batch_size, math.ceil(len(paths) / slots)))
@@ -163,7 +163,7 @@ def _pipeline(
         batch_format="numpy",
         fn_kwargs={"preprocess": preprocess.preprocess, "shape": shape, "dtype": pixel_dtype},
         num_cpus=plan["decode_cpus"],
-        **task_pool(ray, num_workers),
+        **task_pool(ray, options.num_workers),
     )
     return data.map_batches(
         _Encoder,
@@ -172,7 +172,7 @@ def _pipeline(
         fn_constructor_kwargs={
             "info": backbone.info,
             "device": plan["device"],
-            "normalize": normalize,
+            "normalize": options.normalize,
             "threads": max(1, int(plan["actor_cpus"])),
             "shipped": shipped,
         },
@@ -190,20 +190,10 @@ def embed_with_ray(
     backbone: str | Backbone,
     out_dir: str | os.PathLike,
     *,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str | None = None,
-    normalize: bool = False,
-    dtype: str = "float32",
-    path_column: str = "path",
-    id_column: str | None = None,
-    retry_errors: bool = False,
-    rows_per_part: int = 100_000,
-    progress: bool = True,
-    backbone_options: dict | None = None,
     ray_address: str | None = None,
     actors: int | None = None,
     gpus_per_actor: float | None = None,
+    **options: Any,
 ) -> EmbedResult:
     """:func:`embedkit.embed` on Ray: same arguments, same output, same resume.
 
@@ -211,44 +201,35 @@ def embed_with_ray(
         ray_address: the cluster to join (``ray://head:10001``, ``auto``); default
             ``$RAY_ADDRESS``, else a local Ray on this machine's cores. A Ray already
             initialized in this process is used as is and not shut down.
-        num_workers: cap on concurrent decode tasks (default: as many as Ray fits).
-        device: the actors' device (default ``cuda`` when the cluster has GPUs, else cpu).
         actors: model replicas (default: ``$EMBEDKIT_RAY_ACTORS``, else one per GPU, or
             half the cluster's cores on a CPU-only cluster).
         gpus_per_actor: GPUs each actor reserves (default 1 where there are GPUs, else 0;
             0.5 puts two actors on a GPU).
 
+        options: the other options of :func:`embedkit.embed` (:class:`EmbedOptions`).
+
     A ``backbone`` name is rebuilt in every actor from its :class:`BackboneInfo` (weights
     files must be readable on every node); a :class:`Backbone` object is shipped as is.
     """
+    opts = EmbedOptions(**options)  # the num_workers cap applies to decode tasks here
     ray = import_ray()
     started = time.monotonic()
     out_dir = Path(out_dir)
     shipped: Backbone | None = None
     if isinstance(backbone, str):  # the driver's copy only gives info and preprocess
-        backbone = load_backbone(backbone, device="cpu", **(backbone_options or {}))
+        backbone = load_backbone(backbone, device="cpu", **(opts.backbone_options or {}))
     else:
         shipped = backbone
-    run = start_run(
-        source,
-        backbone.info,
-        out_dir,
-        normalize=normalize,
-        dtype=dtype,
-        rows_per_part=rows_per_part,
-        path_column=path_column,
-        id_column=id_column,
-        retry_errors=retry_errors,
-    )
+    run = start_run(source, backbone.info, out_dir, opts)
     if run.rows.empty:
         return EmbedResult(out_dir, 0, run.skipped, 0, time.monotonic() - started)
     ours = connect(ray, ray_address)
     try:
-        plan = plan_resources(ray, device, actors, gpus_per_actor)
+        plan = plan_resources(ray, opts.device, actors, gpus_per_actor)
         paths = run.rows["path"].to_numpy()
-        data = _pipeline(ray, paths, backbone, shipped, plan, batch_size, num_workers, normalize)
+        data = _pipeline(ray, paths, backbone, shipped, plan, opts)
         with quiet_data(ray):
-            errors = _write_all(data, run, progress)
+            errors = _write_all(data, run, opts.progress)
     except Exception as exc:
         if isinstance(exc, ray.exceptions.RayError) or type(exc).__module__.startswith("ray"):
             # a worker's error wrapped by Ray: its cause, in one line

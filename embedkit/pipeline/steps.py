@@ -26,6 +26,7 @@ from embedkit.store.format import error_files, part_files, read_errors
 from embedkit.store.writer import LatentWriter
 
 __all__ = [
+    "EmbedOptions",
     "EmbedResult",
     "ImageDataset",
     "PendingRun",
@@ -37,6 +38,24 @@ __all__ = [
     "start_run",
     "worker_init",
 ]
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Every option of :func:`embedkit.embed` that does not choose the engine; both
+    engines take these (see ``embed`` for what each means)."""
+
+    batch_size: int = 64
+    num_workers: int | None = None
+    device: str | None = None
+    normalize: bool = False
+    dtype: str = "float32"
+    path_column: str = "path"
+    id_column: str | None = None
+    retry_errors: bool = False
+    rows_per_part: int = 100_000
+    progress: bool = True
+    backbone_options: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -147,24 +166,19 @@ class PendingRun:
 
 
 def start_run(
-    source: Source,
-    info: BackboneInfo,
-    out_dir: Path,
-    *,
-    normalize: bool,
-    dtype: str,
-    rows_per_part: int,
-    path_column: str,
-    id_column: str | None,
-    retry_errors: bool,
+    source: Source, info: BackboneInfo, out_dir: Path, options: EmbedOptions
 ) -> PendingRun:
     """Read the source, open the writer (refusing another backbone's dataset), and keep
     the rows not yet embedded."""
-    rows = read_source(source, path_column=path_column, id_column=id_column)
+    rows = read_source(source, path_column=options.path_column, id_column=options.id_column)
     writer = LatentWriter(
-        out_dir, info, normalized=normalize, dtype=dtype, rows_per_part=rows_per_part
+        out_dir,
+        info,
+        normalized=options.normalize,
+        dtype=options.dtype,
+        rows_per_part=options.rows_per_part,
     )
-    rows, skipped = pending_rows(rows, out_dir, retry_errors)
+    rows, skipped = pending_rows(rows, out_dir, options.retry_errors)
     carried = carried_columns(rows) if not rows.empty else None
     if carried is not None and carried.columns.empty:
         carried = None
