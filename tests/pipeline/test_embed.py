@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from embedkit_pixels import PixelsBackbone
-from sample_images import expected_vectors, make_images
 from PIL import Image
+from sample_images import expected_vectors, make_images
 
 import embedkit
 from embedkit import Backbone, BackboneInfo, EmbedResult, InputError, open_latents

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from sample_images import expected_vectors, make_images
 from PIL import Image
+from sample_images import expected_vectors, make_images
 
 from embedkit import open_latents
 from embedkit.cli import main, parse_options
