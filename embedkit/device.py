@@ -9,7 +9,7 @@ import torch
 
 from embedkit.errors import BackboneError
 
-__all__ = ["autocast_for", "resolve_device"]
+__all__ = ["autocast_dtype", "autocast_for", "precision_name", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -32,9 +32,23 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
-def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 (or fp16) autocast on CUDA; a no-op elsewhere, where fp32 is faster or safer."""
+def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The dtype autocast runs in on ``device``: bf16 (fp16 where the GPU lacks bf16) on
+    CUDA; None elsewhere, where fp32 is faster or safer."""
     if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def precision_name(device: torch.device, enabled: bool = True) -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"``: the precision a forward pass runs in."""
+    dtype = autocast_dtype(device, enabled)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast on CUDA; a no-op elsewhere."""
+    dtype = autocast_dtype(device, enabled)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)

@@ -1,4 +1,6 @@
-"""Atomic file writes: write to a hidden temp sibling, then rename onto the target."""
+"""Atomic, durable file writes: write a hidden temp sibling, fsync it, rename it onto the
+target, fsync the folder. A reader never sees half a file, and a power cut after the
+rename cannot bring back the old one or leave an empty one."""
 
 from __future__ import annotations
 
@@ -12,13 +14,36 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["atomic_path", "atomic_write_table"]
+__all__ = ["atomic_path", "atomic_write_table", "fsync_dir", "replace_durably"]
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``folder`` durable (a no-op where folders cannot be
+    opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the rename itself still happened
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """fsync ``tmp``, rename it onto ``path``, fsync the folder."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary sibling of ``path``; move it onto ``path`` if the block
-    succeeds, delete it if not. Readers never see a half-written file.
+    """Yield a hidden temporary sibling of ``path``; move it onto ``path`` (durably) if the
+    block succeeds, delete it if not. Readers never see a half-written file.
 
     Example:
         >>> with atomic_path("out/grid.png") as tmp:
@@ -29,7 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -171,7 +171,9 @@ def scaled(rest, **options):
 @hookimpl
 def register_backbones(register):
     register("ektest", MeanColor, description="mean colour (test plugin)")
-    register("ekscale/", scaled, description="mean colour times a factor (test plugin)")
+    register(
+        "ekscale/", scaled, description="mean colour times a factor (test plugin)", options=["size"]
+    )
 '''
 
 

@@ -1,5 +1,5 @@
 """Attribute vectors: centroid of the rows with a property minus centroid of those without,
-scored on held-out rows (AUC, Cohen's d)."""
+scored on held-out rows (AUC, Cohen's d) of a split stratified by class."""
 
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ class AttributeVector:
     """``centroid(positive) - centroid(negative)`` with how well it separates the classes.
 
     ``auc`` and ``cohens_d`` score the projection onto a vector fitted without the
-    held-out rows, on those held-out rows, so they are honest estimates.
+    held-out rows, on those held-out rows, so they are honest estimates. ``in_sample``
+    says they are not: a class had fewer than 2 rows (or ``holdout=0``), so nothing could
+    be held out and they were scored on the rows the vector was fitted on (optimistic).
     """
 
     name: str
@@ -65,6 +67,7 @@ class AttributeVector:
     n_negative: int
     auc: float
     cohens_d: float
+    in_sample: bool = False
 
     @property
     def norm(self) -> float:
@@ -81,6 +84,7 @@ class AttributeVector:
             "norm": round(self.norm, 6),
             "auc": self.auc,
             "cohens_d": self.cohens_d,
+            "in_sample": self.in_sample,
         }
 
 
@@ -111,31 +115,39 @@ def _as_mask(values: pd.Series, wanted: Any) -> np.ndarray:
     return (values == wanted).to_numpy()
 
 
-def _split(n: int, holdout: float, seed: int) -> np.ndarray:
-    test = np.zeros(n, dtype=bool)
-    test[np.random.default_rng(seed).permutation(n)[: round(n * holdout)]] = True
+def _split(pos: np.ndarray, neg: np.ndarray, holdout: float, seed: int) -> np.ndarray | None:
+    """Held-out rows, stratified: ``holdout`` of the positives and of the negatives (at
+    least one of each, never all). None when nothing can be held out: ``holdout`` is 0 or
+    a class has fewer than 2 rows.
+
+    One permutation of all rows orders both classes, so swapping which side is positive
+    holds out the same rows."""
+    sizes = int(pos.sum()), int(neg.sum())
+    if holdout <= 0 or min(sizes) < 2:
+        return None
+    order = np.random.default_rng(seed).permutation(len(pos))
+    test = np.zeros(len(pos), dtype=bool)
+    for members, size in zip((pos, neg), sizes, strict=True):
+        take = min(max(round(size * holdout), 1), size - 1)
+        test[order[members[order]][:take]] = True
     return test
 
 
 def _fit(
     vectors: np.ndarray, pos: np.ndarray, neg: np.ndarray, holdout: float, seed: int
-) -> tuple[np.ndarray, float, float]:
-    test = _split(len(vectors), holdout, seed)
-    train_pos, train_neg = pos & ~test, neg & ~test
-    if (
-        holdout > 0
-        and train_pos.any()
-        and train_neg.any()
-        and (pos & test).any()
-        and (neg & test).any()
-    ):
-        v = vectors[train_pos].mean(0) - vectors[train_neg].mean(0)
-        proj_pos, proj_neg = vectors[pos & test] @ v, vectors[neg & test] @ v
-    else:  # too few rows to hold any out: score in-sample
-        v = vectors[pos].mean(0) - vectors[neg].mean(0)
-        proj_pos, proj_neg = vectors[pos] @ v, vectors[neg] @ v
-    full = (vectors[pos].mean(0) - vectors[neg].mean(0)).astype(np.float32)
-    return full, auc(proj_pos, proj_neg), cohens_d(proj_pos, proj_neg)
+) -> tuple[np.ndarray, float, float, bool]:
+    """The vector (fitted on every row), its held-out AUC and Cohen's d, and whether those
+    had to be scored in-sample."""
+    full = vectors[pos].mean(0) - vectors[neg].mean(0)
+    test = _split(pos, neg, holdout, seed)
+    if test is None:  # too few rows to hold any out: score in-sample, and say so
+        v, scored_pos, scored_neg = full, pos, neg
+    else:
+        v = vectors[pos & ~test].mean(0) - vectors[neg & ~test].mean(0)
+        scored_pos, scored_neg = pos & test, neg & test
+    proj_pos, proj_neg = vectors[scored_pos] @ v, vectors[scored_neg] @ v
+    score, d = auc(proj_pos, proj_neg), cohens_d(proj_pos, proj_neg)
+    return full.astype(np.float32), score, d, test is None
 
 
 def attribute_vector(
@@ -144,7 +156,7 @@ def attribute_vector(
     positive: Any = True,
     negative: Any = None,
     labels: str | Path | pd.DataFrame | None = None,
-    id_column: str = "id",
+    id_column: str | None = None,
     holdout: float = 0.2,
     seed: int = 0,
     name: str | None = None,
@@ -155,8 +167,10 @@ def attribute_vector(
         column: a label column carried in the latents or present in ``labels``.
         positive: the value (or list of values) that has the attribute; default ``True``.
         negative: the value(s) that lack it; default every other value.
-        labels: a Parquet/CSV table or DataFrame joined on ``id_column``.
-        holdout: fraction of rows held out to score the vector (AUC, Cohen's d).
+        labels: a Parquet/CSV table or DataFrame joined on ``id_column`` (default: ``id``,
+            or the labels column that matches the latent ids; see :func:`labeled`).
+        holdout: fraction of the positives and of the negatives held out to score the
+            vector (AUC, Cohen's d); ``in_sample`` is set when a class is too small.
 
     Example:
         >>> v = attribute_vector("latents/", "smiling")
@@ -195,7 +209,7 @@ def _attribute(
             f"{int(neg.sum())} rows are negatives; both sides need rows "
             f"(values seen: {', '.join(map(str, values.unique()[:10]))})"
         )
-    vector, score, d = _fit(vectors, pos, neg, holdout, seed)
+    vector, score, d, in_sample = _fit(vectors, pos, neg, holdout, seed)
     negative_name = "rest" if negative is None else str(negative)
     default = column if positive is True and negative is None else f"{column}={positive}"
     return AttributeVector(
@@ -209,6 +223,7 @@ def _attribute(
         int(neg.sum()),
         score,
         d,
+        in_sample,
     )
 
 
@@ -216,7 +231,7 @@ def attribute_vectors(
     latents: str | Path | LatentDataset,
     columns: Sequence[str],
     labels: str | Path | pd.DataFrame | None = None,
-    id_column: str = "id",
+    id_column: str | None = None,
     holdout: float = 0.2,
     seed: int = 0,
 ) -> tuple[list[AttributeVector], JoinReport]:

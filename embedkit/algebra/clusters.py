@@ -28,9 +28,12 @@ def centroids(
     by: str,
     labels: str | Path | pd.DataFrame | None = None,
     normalize: bool = False,
-    id_column: str = "id",
+    id_column: str | None = None,
 ) -> pd.DataFrame:
     """Mean latent per value of column ``by``: DataFrame ``label, n, centroid``.
+
+    ``labels`` is joined on ``id_column`` (default: ``id``, or the labels column that
+    matches the latent ids; see :func:`embedkit.algebra.labels.labeled`).
 
     Example:
         >>> centroids("latents/", by="color")   # one row per colour
@@ -130,14 +133,17 @@ def kmeans(
         >>> result.assignments.head(), result.sizes
     """
     ds = open_latents(latents)
-    vectors = np.ascontiguousarray(ds.to_numpy(), dtype=np.float32)
-    if not 1 <= k <= len(vectors):
-        raise InputError(f"k={k} must be between 1 and the number of latents ({len(vectors)})")
-    if not np.isfinite(vectors).all():
+    stored = ds.to_numpy()  # may be a read-only view of an Arrow buffer: never written to
+    if not 1 <= k <= len(stored):
+        raise InputError(f"k={k} must be between 1 and the number of latents ({len(stored)})")
+    if not np.isfinite(stored).all():
         raise InputError(f"latents in {ds.path} contain NaN or inf; re-embed them")
     spherical = ds.normalized if normalize is None else normalize
-    if spherical:
+    if spherical:  # normalize_L2 works in place (through the raw pointer): on a copy
+        vectors = np.array(stored, dtype=np.float32, order="C", copy=True)
         faiss.normalize_L2(vectors)
+    else:  # faiss only reads these
+        vectors = np.ascontiguousarray(stored, dtype=np.float32)
     use_gpu = faiss.get_num_gpus() > 0 if gpu is None else gpu and faiss.get_num_gpus() > 0
     km = faiss.Kmeans(
         vectors.shape[1],

@@ -43,7 +43,9 @@ def save_vectors(vectors: Sequence[AttributeVector], path: str | Path) -> Path:
 
 
 def load_vectors(path: str | Path) -> dict[str, AttributeVector]:
-    """Read a table written by :func:`save_vectors`: ``{name: AttributeVector}``."""
+    """Read a table written by :func:`save_vectors`: ``{name: AttributeVector}``.
+
+    A table saved before ``in_sample`` existed loads with ``in_sample=False``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"vectors table {path} does not exist; make it with `embedkit attributes`")
@@ -70,5 +72,6 @@ def load_vectors(path: str | Path) -> dict[str, AttributeVector]:
             n_negative=int(row["n_negative"]),
             auc=float(row["auc"]) if row["auc"] is not None else math.nan,
             cohens_d=float(row["cohens_d"]) if row["cohens_d"] is not None else math.nan,
+            in_sample=bool(row.get("in_sample") or False),  # tables saved before it: held out
         )
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -27,7 +28,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """embedkit: embed image collections, find neighbours, do latent arithmetic."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "warnings": []}  # main() records the warnings it shows
 
 
 for command in (
@@ -59,12 +60,33 @@ def get_cli() -> click.Group:
     return cli
 
 
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A ``warnings.showwarning`` for the CLI: one ``warning: <message>`` line on stderr,
+    never the file and source line; recorded in ``ctx.obj["warnings"]`` so a command can
+    avoid printing the same text again."""
+    text = " ".join(str(message).split())
+    click.echo(f"warning: {text}", err=True)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and isinstance(ctx.obj, dict):
+        ctx.obj.setdefault("warnings", []).append(text)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning embedkit errors into one-line messages."""
+    """Entry point: run the CLI, turning embedkit errors into one-line messages and
+    warnings into ``warning:`` lines."""
     group = get_cli()
     args = sys.argv[1:] if argv is None else argv
     try:
-        group.main(args=args, prog_name="embedkit", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            group.main(args=args, prog_name="embedkit", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -17,6 +17,9 @@ import click
 @click.option("--path-column", default="path", show_default=True, help="Table column of paths.")
 @click.option("--id-column", default=None, help="Table column of ids (default: id, else path).")
 @click.option("--retry-errors", is_flag=True, help="Retry inputs that failed in earlier runs.")
+@click.option(
+    "--update", is_flag=True, help="Re-embed images whose file changed since they were embedded."
+)
 @click.option("--rows-per-part", default=100_000, show_default=True, hidden=True)
 @click.option(
     "--engine",

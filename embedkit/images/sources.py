@@ -12,6 +12,8 @@ from embedkit.errors import InputError
 
 __all__ = ["IMAGE_EXTENSIONS", "Source", "read_source"]
 
+#: column names the latent format owns: a table's columns of these names are not carried
+RESERVED_COLUMNS = ("id", "path", "source", "embedding", "source_size", "source_mtime_ns")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 TABLE_SUFFIXES = {".parquet": pd.read_parquet, ".pq": pd.read_parquet, ".csv": pd.read_csv}
 Source = str | os.PathLike | Sequence[str | os.PathLike] | pd.DataFrame
@@ -71,8 +73,7 @@ def _from_table(
     ids = frame[id_column].astype(str) if id_column else raw.map(lambda p: Path(p).as_posix())
     carried = frame.drop(columns=[c for c in (path_column, id_column) if c], errors="ignore")
     # Reserved names: an "id"/"path" column not chosen as id/path would duplicate ours.
-    reserved = ("id", "path", "source", "embedding")
-    carried = carried.drop(columns=[c for c in reserved if c in carried.columns])
+    carried = carried.drop(columns=[c for c in RESERVED_COLUMNS if c in carried.columns])
     out = pd.DataFrame({"id": ids.to_numpy(), "path": absolute})
     return pd.concat([out, carried.reset_index(drop=True)], axis=1)
 

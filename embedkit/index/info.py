@@ -5,10 +5,11 @@ An index lives in the dataset folder::
     latents/index/
       index.faiss    the faiss index (always saved as a CPU index)
       ids.parquet    faiss row -> latent id, in the order rows were added
-      index.json     metric, kind, factory, search params, recall@k, fingerprint, ...
+      index.json     metric, kind, factory, search params, recall@k, fingerprint, files, ...
 
 ``index.json`` records the fingerprint of the latents it was built from, so an index
-whose latents changed is detected and never served.
+whose latents changed is detected and never served, and the size and sha256 of
+``index.faiss`` and ``ids.parquet``, so a truncated or replaced file is never read.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class IndexInfo:
     faiss_version: str = field(default_factory=_faiss_version)
     created: str = ""
     format: int = FORMAT_VERSION
+    # file name -> {"size": bytes, "sha256": hex}; empty in an index.json written before
+    # files were checked, which must be rebuilt
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -1,4 +1,5 @@
-"""Loading a saved index, refusing (or rebuilding) one whose latents have changed."""
+"""Loading a saved index, refusing (or rebuilding) one whose latents have changed or whose
+``index.json`` predates file digests."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 from embedkit.errors import InputError
 from embedkit.index.build import build_index
 from embedkit.index.gpu import to_gpu, use_gpu
-from embedkit.index.info import FORMAT_VERSION, index_dir, view_fingerprint
+from embedkit.index.info import FORMAT_VERSION, INFO_FILE, IndexInfo, index_dir, view_fingerprint
 from embedkit.index.loaded import LoadedIndex
-from embedkit.index.persist import read_index_files, read_info
+from embedkit.index.persist import CHECKED_FILES, read_index_files, read_info
 from embedkit.index.tune import set_params
 from embedkit.store.dataset import LatentDataset, open_latents
 
@@ -46,7 +47,8 @@ def load_index(
         raise InputError(f"no index in {folder}; build one with `embedkit index {ds.path}`")
     if info.format > FORMAT_VERSION:
         raise InputError(f"{folder} was written by a newer embedkit; upgrade or rebuild it")
-    if info.fingerprint != view_fingerprint(ds):
+    refusal = _refusal(info, ds, folder)
+    if refusal is not None:
         if rebuild:
             return build_index(
                 ds,
@@ -59,11 +61,8 @@ def load_index(
                 progress=progress,
                 target_recall=info.target_recall,
             )
-        raise InputError(
-            f"the index in {folder} is stale: the latents changed since it was built; "
-            f"re-run `embedkit index {ds.path}` (or pass rebuild=True)"
-        )
-    index, ids = read_index_files(folder, ds, mmap)
+        raise InputError(f"{refusal}; re-run `embedkit index {ds.path}` (or pass rebuild=True)")
+    index, ids = read_index_files(folder, ds, mmap, info)
     set_params(index, info.params)
     on_gpu = False
     if use_gpu(gpu):
@@ -72,3 +71,12 @@ def load_index(
             index, on_gpu = clone, True
             set_params(index, info.params)
     return LoadedIndex(index=index, ids=ids, info=info, dataset=ds, on_gpu=on_gpu, path=folder)
+
+
+def _refusal(info: IndexInfo, ds: LatentDataset, folder: Path) -> str | None:
+    """Why the saved index cannot be used as it is (rebuilding fixes it), or None."""
+    if info.fingerprint != view_fingerprint(ds):
+        return f"the index in {folder} is stale: the latents changed since it was built"
+    if not all(name in info.files for name in CHECKED_FILES):
+        return f"{folder / INFO_FILE} has no file digests (written by an older embedkit)"
+    return None

@@ -1,9 +1,12 @@
 """Saving and reading an index folder: ``index.faiss``, ``ids.parquet``, ``index.json``
-(written last: it marks a complete index)."""
+(written last: it marks a complete index, and records each file's size and sha256, which
+are checked before a file is read)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -17,7 +20,21 @@ from embedkit.index.info import IDS_FILE, INDEX_FILE, INFO_FILE, IndexInfo, inde
 from embedkit.index.loaded import LoadedIndex
 from embedkit.store.dataset import LatentDataset
 
-__all__ = ["read_index_files", "read_info", "save_index"]
+__all__ = ["CHECKED_FILES", "file_check", "read_index_files", "read_info", "save_index"]
+
+CHECKED_FILES = (INDEX_FILE, IDS_FILE)
+_CHUNK = 1 << 20
+
+
+def file_check(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def save_index(loaded: LoadedIndex) -> Path:
@@ -29,6 +46,7 @@ def save_index(loaded: LoadedIndex) -> Path:
     with atomic_path(folder / INDEX_FILE) as tmp:
         faiss.write_index(to_cpu(loaded.index, loaded.on_gpu), str(tmp))
     atomic_write_table(pa.table({"id": pa.array(loaded.ids, pa.string())}), folder / IDS_FILE)
+    loaded.info.files = {name: file_check(folder / name) for name in CHECKED_FILES}
     with atomic_path(info_path) as tmp:
         tmp.write_text(loaded.info.to_json())
     return folder
@@ -62,9 +80,29 @@ def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
     return faiss.read_index(str(path), flags)
 
 
-def read_index_files(folder: Path, ds: LatentDataset, mmap: bool) -> tuple[faiss.Index, np.ndarray]:
-    """The faiss index and its ids from ``folder``, checked against each other and ``ds``."""
+def _verify(path: Path, expected: dict[str, Any] | None, ds: LatentDataset) -> None:
+    """Refuse ``path`` unless its size, then its sha256, are those ``index.json`` records."""
+    if expected is None:
+        raise InputError(
+            f"{path.parent / INFO_FILE} has no file digests (written by an older embedkit); "
+            f"re-run `embedkit index {ds.path}`"
+        )
+    size_ok = path.stat().st_size == expected.get("size")  # cheap: a truncation costs no hashing
+    if not size_ok or file_check(path)["sha256"] != expected.get("sha256"):
+        raise InputError(
+            f"the index file {path} does not match {INFO_FILE} (truncated or replaced); "
+            f"re-run `embedkit index {ds.path}`"
+        )
+
+
+def read_index_files(
+    folder: Path, ds: LatentDataset, mmap: bool, info: IndexInfo
+) -> tuple[faiss.Index, np.ndarray]:
+    """The faiss index and its ids from ``folder``, each file checked against ``info``
+    (size and sha256) before it is read, then against each other and ``ds``."""
     try:
+        for name in CHECKED_FILES:
+            _verify(folder / name, info.files.get(name), ds)
         index = _read_faiss(folder / INDEX_FILE, mmap)
         ids = pq.read_table(folder / IDS_FILE).column("id").to_numpy(zero_copy_only=False)
     except (RuntimeError, OSError, pa.ArrowInvalid, KeyError) as exc:

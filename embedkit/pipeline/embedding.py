@@ -27,6 +27,7 @@ def embed(
     path_column: str = "path",
     id_column: str | None = None,
     retry_errors: bool = False,
+    update: bool = False,
     rows_per_part: int = 100_000,
     progress: bool = True,
     backbone_options: dict | None = None,
@@ -35,8 +36,9 @@ def embed(
 ) -> EmbedResult:
     """Embed every image of ``source`` into the latent dataset at ``out_dir``.
 
-    Re-running on the same ``out_dir`` skips ids already embedded (and inputs that
-    failed before, unless ``retry_errors``), so an interrupted run resumes.
+    Re-running on the same ``out_dir`` skips images already embedded (recognised by their
+    source path) and inputs that failed before (unless ``retry_errors``), so an
+    interrupted run resumes. Only one run writes to a dataset at a time.
 
     Args:
         source: image folder, ``.parquet``/``.csv`` table, list of paths, or DataFrame.
@@ -46,6 +48,8 @@ def embed(
         num_workers: DataLoader worker processes decoding images (default: one per core).
         normalize: store L2-normalized vectors.
         dtype: ``float32`` or ``float16`` storage.
+        update: re-embed images whose file changed (size or modification time) since
+            they were embedded; without it they are reported as stale and left alone.
         engine: ``local`` (this process and its workers) or ``ray`` (a Ray cluster:
             :func:`embedkit.pipeline.ray_engine.embed_with_ray`, see docs/scale.md).
         ray_address: the Ray cluster to join (default: ``$RAY_ADDRESS`` or a local Ray).
@@ -62,6 +66,7 @@ def embed(
         path_column=path_column,
         id_column=id_column,
         retry_errors=retry_errors,
+        update=update,
         rows_per_part=rows_per_part,
         progress=progress,
         backbone_options=backbone_options,

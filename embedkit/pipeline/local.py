@@ -13,16 +13,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from embedkit.images.sources import Source
+from embedkit.pipeline.decode import (
+    DecodedBatch,
+    ImageDataset,
+    collate,
+    plugin_failure,
+    reason_of,
+    worker_init,
+)
 from embedkit.pipeline.steps import (
     EmbedOptions,
     EmbedResult,
-    ImageDataset,
     PendingRun,
-    collate,
     default_num_workers,
     no_image_read,
     start_run,
-    worker_init,
 )
 from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.registry import load_backbone
@@ -45,9 +50,10 @@ def embed_local(
         backbone = load_backbone(backbone, device=options.device, **extra)
     elif options.device is not None:
         backbone.to(options.device)
-    run = start_run(source, backbone.info, out_dir, options)
+    run = start_run(source, backbone.identified_info(), out_dir, options)
     if run.rows.empty:
-        return EmbedResult(out_dir, 0, run.skipped, 0, time.monotonic() - started)
+        run.writer.close()
+        return run.result(0, 0, time.monotonic() - started)
     workers = default_num_workers() if options.num_workers is None else options.num_workers
     loader = DataLoader(
         ImageDataset(run.rows["path"].tolist(), backbone.preprocess),
@@ -60,37 +66,48 @@ def embed_local(
         persistent_workers=False,
     )
     errors = _encode_all(loader, backbone, run, options.normalize, options.progress)
-    failure = no_image_read(out_dir, run.writer.rows_written, run.skipped, len(errors))
+    failure = no_image_read(out_dir, run.writer.rows_written, run.skipped, errors)
     if failure is not None:
         raise failure
-    seconds = time.monotonic() - started
-    return EmbedResult(out_dir, run.writer.rows_written, run.skipped, len(errors), seconds)
+    return run.result(run.writer.rows_written, errors, time.monotonic() - started)
 
 
 def _encode_all(
     loader: DataLoader, backbone: Backbone, run: PendingRun, normalize: bool, progress: bool
-) -> list[tuple[str, str]]:
-    """Encode every batch the loader decodes and write it; returns the decode errors
-    (also written to the errors table, even when the run stops early)."""
+) -> int:
+    """Encode every batch the loader decodes and write it; returns the number of decode
+    errors (recorded in the errors table as they happen)."""
     rows, writer = run.rows, run.writer
     ids, paths = rows["id"].to_numpy(), rows["path"].to_numpy()
-    errors: list[tuple[str, str]] = []
+    errors = 0
     bar = tqdm(total=len(rows), unit="img", desc="embed", disable=not progress, smoothing=0.1)
     with writer:
-        try:
-            for indices, batch, failed in loader:
-                errors += [(paths[i], reason) for i, reason in failed]
-                if indices:
-                    take = np.asarray(indices)
-                    vectors = backbone.encode(batch)
-                    if normalize:
-                        vectors = torch.nn.functional.normalize(vectors, dim=1)
-                    carried = run.carried.iloc[take] if run.carried is not None else None
-                    writer.write(ids[take], paths[take], vectors.numpy(), carried)
-                bar.update(len(indices) + len(failed))
-                if failed:
-                    bar.set_postfix(errors=len(errors))
-        finally:
-            writer.write_errors([s for s, _ in errors], [r for _, r in errors])
-            bar.close()
+        batch: DecodedBatch
+        for batch in loader:
+            if batch.plugin_failure is not None:
+                index, reason = batch.plugin_failure
+                raise plugin_failure(backbone.name, "preprocess", str(paths[index]), reason)
+            writer.write_errors([paths[i] for i, _ in batch.errors], [r for _, r in batch.errors])
+            errors += len(batch.errors)
+            if batch.indices:
+                take = np.asarray(batch.indices)
+                vectors = _encode(backbone, batch.tensor, paths[take[0]], normalize)
+                carried = run.carried.iloc[take] if run.carried is not None else None
+                writer.write(ids[take], paths[take], vectors, carried, batch.stats)
+            bar.update(len(batch.indices) + len(batch.errors))
+            if batch.errors:
+                bar.set_postfix(errors=errors)
+    bar.close()
     return errors
+
+
+def _encode(backbone: Backbone, pixels: torch.Tensor, first: str, normalize: bool) -> np.ndarray:
+    """``backbone.encode``, its failure reported as the plugin's (one line), not an image's."""
+    try:
+        vectors = backbone.encode(pixels)
+    except Exception as exc:
+        where = f"a batch of {len(pixels)} images from {first}"
+        raise plugin_failure(backbone.name, "forward", where, reason_of(exc)) from exc
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, dim=1)
+    return vectors.numpy()

@@ -32,8 +32,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from embedkit.errors import BackboneError
+from embedkit.device import precision_name
+from embedkit.errors import BackboneError, EmbedkitError
 from embedkit.images.sources import Source
+from embedkit.pipeline.decode import (
+    ImageDataset,
+    collate,
+    plugin_failure,
+    reason_of,
+    worker_init,
+)
 from embedkit.pipeline.ray_cluster import (
     connect,
     import_ray,
@@ -45,12 +53,9 @@ from embedkit.pipeline.ray_cluster import (
 from embedkit.pipeline.steps import (
     EmbedOptions,
     EmbedResult,
-    ImageDataset,
     PendingRun,
-    collate,
     no_image_read,
     start_run,
-    worker_init,
 )
 from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.info import BackboneInfo
@@ -96,17 +101,33 @@ def _model_bytes(backbone: Backbone) -> int:
 def _decode(
     batch: dict[str, np.ndarray], preprocess: Callable, shape: tuple[int, ...], dtype: np.dtype
 ) -> dict[str, np.ndarray]:
-    """A Ray task: paths -> preprocessed pixels; unreadable images get an ``error`` reason."""
+    """A Ray task: paths -> preprocessed pixels and file stats; an unreadable image gets an
+    ``error`` reason, a failing ``preprocess`` is flagged ``fatal`` (the driver stops)."""
     worker_init()
     images = ImageDataset([str(p) for p in batch["path"]], preprocess)
-    good, tensors, failed = collate([images[i] for i in range(len(images))])
-    pixels = np.zeros((len(images), *shape), dtype=dtype)
-    if good:
-        pixels[good] = tensors.numpy()
-    errors = np.full(len(images), "", dtype=object)
-    for i, reason in failed:
+    decoded = collate([images[i] for i in range(len(images))])
+    n = len(images)
+    pixels = np.zeros((n, *shape), dtype=dtype)
+    size, mtime = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if decoded.indices:
+        pixels[decoded.indices] = decoded.tensor.numpy()
+        size[decoded.indices], mtime[decoded.indices] = decoded.stats
+    errors = np.full(n, "", dtype=object)
+    fatal = np.zeros(n, dtype=bool)
+    for i, reason in decoded.errors:
         errors[i] = reason
-    return {"row": batch["row"], "pixels": pixels, "error": errors}
+    if decoded.plugin_failure is not None:
+        index, reason = decoded.plugin_failure
+        errors[index], fatal[index] = reason, True
+    rows = batch["row"]
+    return {
+        "row": rows,
+        "pixels": pixels,
+        "error": errors,
+        "fatal": fatal,
+        "size": size,
+        "mtime": mtime,
+    }
 
 
 class _Encoder:
@@ -122,9 +143,15 @@ class _Encoder:
     ):
         torch.set_num_threads(threads)
         if shipped is None:
-            self.backbone = load_backbone(info, device=device)
+            self.backbone = load_backbone(info, device=device)  # checks the weights digest
         else:
             self.backbone = shipped.to(device)
+        expected = info.identity.get("precision")
+        if expected is not None and self.backbone.precision != expected:
+            raise EmbedkitError(
+                f"a Ray actor on {device} runs {info.name} in {self.backbone.precision}, "
+                f"not {expected} as the dataset records; pass --device or use matching GPUs"
+            )
         self.normalize = normalize
         self.dim = info.dim
 
@@ -135,11 +162,16 @@ class _Encoder:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
             if self.backbone.device.type == "cuda":
                 pixels = pixels.pin_memory()
-            out = self.backbone.encode(pixels)
+            try:
+                out = self.backbone.encode(pixels)
+            except Exception as exc:
+                where = f"a batch of {len(pixels)} images"
+                raise plugin_failure(self.backbone.name, "forward", where, reason_of(exc)) from exc
             if self.normalize:
                 out = torch.nn.functional.normalize(out, dim=1)
             vectors[good] = out.numpy()
-        return {"row": batch["row"], "error": batch["error"], "embedding": vectors}
+        kept = {key: batch[key] for key in ("row", "error", "fatal", "size", "mtime")}
+        return {**kept, "embedding": vectors}
 
 
 def _pipeline(
@@ -149,6 +181,7 @@ def _pipeline(
     shipped: Backbone | None,
     plan: dict[str, Any],
     options: EmbedOptions,
+    info: BackboneInfo,
 ) -> Any:
     """The Ray Dataset of ``{row, error, embedding}`` batches for ``paths`` (lazy)."""
     batch_size = options.batch_size
@@ -170,7 +203,7 @@ def _pipeline(
         batch_size=batch_size,
         batch_format="numpy",
         fn_constructor_kwargs={
-            "info": backbone.info,
+            "info": info,
             "device": plan["device"],
             "normalize": options.normalize,
             "threads": max(1, int(plan["actor_cpus"])),
@@ -220,16 +253,18 @@ def embed_with_ray(
         backbone = load_backbone(backbone, device="cpu", **(opts.backbone_options or {}))
     else:
         shipped = backbone
-    run = start_run(source, backbone.info, out_dir, opts)
-    if run.rows.empty:
-        return EmbedResult(out_dir, 0, run.skipped, 0, time.monotonic() - started)
     ours = connect(ray, ray_address)
     try:
         plan = plan_resources(ray, opts.device, actors, gpus_per_actor)
+        info = backbone.identified_info(precision=_actor_precision(plan["device"], backbone))
+        run = start_run(source, info, out_dir, opts)
+        if run.rows.empty:
+            run.writer.close()
+            return run.result(0, 0, time.monotonic() - started)
         paths = run.rows["path"].to_numpy()
-        data = _pipeline(ray, paths, backbone, shipped, plan, opts)
+        data = _pipeline(ray, paths, backbone, shipped, plan, opts, info)
         with quiet_data(ray):
-            errors = _write_all(data, run, opts.progress)
+            errors = _write_all(data, run, backbone.name, opts.progress)
     except Exception as exc:
         if isinstance(exc, ray.exceptions.RayError) or type(exc).__module__.startswith("ray"):
             # a worker's error wrapped by Ray: its cause, in one line
@@ -241,29 +276,39 @@ def embed_with_ray(
     failure = no_image_read(out_dir, run.writer.rows_written, run.skipped, errors)
     if failure is not None:
         raise failure
-    seconds = time.monotonic() - started
-    return EmbedResult(out_dir, run.writer.rows_written, run.skipped, errors, seconds)
+    return run.result(run.writer.rows_written, errors, time.monotonic() - started)
 
 
-def _write_all(data: Any, run: PendingRun, progress: bool) -> int:
-    """Drain the Ray Dataset into the writer; returns the number of decode errors (also
-    written to the errors table, even when the run stops early)."""
+def _actor_precision(device: str, backbone: Backbone) -> str:
+    """The precision the actors will run in (they check it when they start): the driver
+    may have no GPU to ask, so a CUDA device is taken to do bf16 autocast."""
+    if not device.startswith("cuda") or not backbone.autocast:
+        return "fp32"
+    return precision_name(torch.device(device)) if torch.cuda.is_available() else "bf16"
+
+
+def _write_all(data: Any, run: PendingRun, backbone_name: str, progress: bool) -> int:
+    """Drain the Ray Dataset into the writer; returns the number of decode errors
+    (recorded in the errors table as they happen)."""
     ids, paths = run.rows["id"].to_numpy(), run.rows["path"].to_numpy()
-    errors: list[tuple[str, str]] = []
+    errors = 0
     bar = tqdm(total=len(ids), unit="img", desc="embed", disable=not progress, smoothing=0.1)
     with run.writer:
-        try:
-            for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
-                good = np.asarray([not e for e in batch["error"]], dtype=bool)
-                take, failed = batch["row"][good], batch["row"][~good]
-                errors += zip(paths[failed], map(str, batch["error"][~good]), strict=True)
-                if len(take):
-                    carried = run.carried.iloc[take] if run.carried is not None else None
-                    run.writer.write(ids[take], paths[take], batch["embedding"][good], carried)
-                bar.update(len(good))
-                if len(failed):
-                    bar.set_postfix(errors=len(errors))
-        finally:
-            run.writer.write_errors([s for s, _ in errors], [r for _, r in errors])
-            bar.close()
-    return len(errors)
+        for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+            if batch["fatal"].any():
+                at = int(np.flatnonzero(batch["fatal"])[0])
+                where = str(paths[batch["row"][at]])
+                raise plugin_failure(backbone_name, "preprocess", where, str(batch["error"][at]))
+            good = np.asarray([not e for e in batch["error"]], dtype=bool)
+            take, failed = batch["row"][good], batch["row"][~good]
+            run.writer.write_errors(paths[failed], list(map(str, batch["error"][~good])))
+            errors += len(failed)
+            if len(take):
+                carried = run.carried.iloc[take] if run.carried is not None else None
+                stats = (batch["size"][good], batch["mtime"][good])
+                run.writer.write(ids[take], paths[take], batch["embedding"][good], carried, stats)
+            bar.update(len(good))
+            if len(failed):
+                bar.set_postfix(errors=errors)
+    bar.close()
+    return errors

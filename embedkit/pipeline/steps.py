@@ -1,5 +1,5 @@
-"""What both embedding engines share: pending rows (resume), carried columns, decoding
-workers' dataset and collate, and the result of a run.
+"""What both embedding engines share: the options and result of a run, the rows still to
+embed (resume), their carried columns, and opening the writer.
 
 The local engine (:mod:`embedkit.pipeline.local`) and the Ray engine
 (:mod:`embedkit.pipeline.ray_engine`) build on these and never import each other.
@@ -8,35 +8,27 @@ The local engine (:mod:`embedkit.pipeline.local`) and the Ray engine
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import torch
-from torch.utils.data import Dataset
 
-from embedkit.errors import InputError, first_line
-from embedkit.images.decode import load_image
+from embedkit.errors import InputError
 from embedkit.images.sources import Source, read_source
+from embedkit.pipeline.resume import pending_rows
 from embedkit.plugins.info import BackboneInfo
-from embedkit.store.dataset import open_latents
-from embedkit.store.format import error_files, part_files, read_errors
+from embedkit.store.format import part_files
 from embedkit.store.writer import LatentWriter
 
 __all__ = [
     "EmbedOptions",
     "EmbedResult",
-    "ImageDataset",
     "PendingRun",
     "carried_columns",
-    "collate",
     "default_num_workers",
     "no_image_read",
-    "pending_rows",
     "start_run",
-    "worker_init",
 ]
 
 
@@ -53,6 +45,7 @@ class EmbedOptions:
     path_column: str = "path"
     id_column: str | None = None
     retry_errors: bool = False
+    update: bool = False
     rows_per_part: int = 100_000
     progress: bool = True
     backbone_options: dict | None = None
@@ -67,47 +60,21 @@ class EmbedResult:
     skipped: int
     errors: int
     seconds: float
+    stale: int = 0  # images changed since embedded and left as they were (see update=)
+    replaced: int = 0  # images changed since embedded whose latents were replaced
 
     @property
     def images_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        changed = f", {self.replaced} changed images re-embedded" if self.replaced else ""
+        stale = f", {self.stale} changed images left stale (--update)" if self.stale else ""
         return (
             f"embedded {self.embedded} images ({self.images_per_second:.1f}/s), "
-            f"skipped {self.skipped} already present, {self.errors} errors -> {self.path}"
+            f"skipped {self.skipped} already present, {self.errors} errors{changed}{stale} "
+            f"-> {self.path}"
         )
-
-
-class ImageDataset(Dataset):
-    """Decodes and preprocesses one image; failures come back as data, not exceptions."""
-
-    def __init__(self, paths: list[str], preprocess: Callable):
-        self.paths = paths
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.preprocess(load_image(self.paths[i])), None
-        except Exception as exc:  # any decode/preprocess failure is recorded and skipped
-            return i, None, f"{type(exc).__name__}: {first_line(exc)}"[:300]
-
-
-def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """A DataLoader batch: (indices decoded, their stacked tensors, [(index, error)])."""
-    good = [(i, t) for i, t, err in items if err is None]
-    errors = [(i, err) for i, t, err in items if err is not None]
-    indices = [i for i, _ in good]
-    batch = torch.stack([t for _, t in good]) if good else None
-    return indices, batch, errors
-
-
-def worker_init(_: int = 0) -> None:
-    """Decode workers use one thread; the main process owns the cores for the model."""
-    torch.set_num_threads(1)
 
 
 def default_num_workers() -> int:
@@ -115,18 +82,6 @@ def default_num_workers() -> int:
     full, so a model-bound run loses little, and a decode-bound one gains a core
     (measured on 2 cores: 1.7x the images/s of one worker with the pixels backbone)."""
     return max(1, min(8, os.cpu_count() or 2))
-
-
-def pending_rows(rows: pd.DataFrame, out_dir: Path, retry_errors: bool) -> tuple[pd.DataFrame, int]:
-    """Drop rows already embedded (resume) and, unless retrying, rows that failed before."""
-    done: set[str] = set(open_latents(out_dir).ids().tolist()) if part_files(out_dir) else set()
-    if retry_errors:
-        for f in error_files(out_dir):
-            f.unlink()
-    else:
-        done |= set(read_errors(out_dir)["source"].tolist())
-    keep = ~(rows["id"].isin(done) | rows["path"].isin(done))
-    return rows[keep].reset_index(drop=True), int((~keep).sum())
 
 
 def carried_columns(rows: pd.DataFrame) -> pd.DataFrame:
@@ -163,6 +118,13 @@ class PendingRun:
     carried: pd.DataFrame | None
     skipped: int
     writer: LatentWriter
+    stale: int = 0
+    replaced: int = 0
+
+    def result(self, embedded: int, errors: int, seconds: float) -> EmbedResult:
+        """The run's :class:`EmbedResult`."""
+        path = self.writer.path
+        return EmbedResult(path, embedded, self.skipped, errors, seconds, self.stale, self.replaced)
 
 
 def start_run(
@@ -178,8 +140,14 @@ def start_run(
         dtype=options.dtype,
         rows_per_part=options.rows_per_part,
     )
-    rows, skipped = pending_rows(rows, out_dir, options.retry_errors)
-    carried = carried_columns(rows) if not rows.empty else None
+    try:
+        pending = pending_rows(rows, out_dir, options.retry_errors, options.update)
+        carried = carried_columns(pending.rows) if not pending.rows.empty else None
+    except BaseException:
+        writer.close()  # releases the dataset's lock
+        raise
     if carried is not None and carried.columns.empty:
         carried = None
-    return PendingRun(rows, carried, skipped, writer)
+    return PendingRun(
+        pending.rows, carried, pending.skipped, writer, pending.stale, pending.replaced
+    )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image
 
-from embedkit.device import autocast_for, resolve_device
+from embedkit.device import autocast_for, precision_name, resolve_device
 from embedkit.errors import BackboneError
 from embedkit.plugins.info import BackboneInfo
+from embedkit.version import __version__
 
 __all__ = ["Backbone"]
 
@@ -46,7 +51,36 @@ class Backbone:
         """Latents on ``self.device`` -> images ``[B, 3, H, W]`` in ``[0, 1]``."""
         raise BackboneError(f"backbone {self.info.name!r} has no decoder; use an ae:/vae: backbone")
 
+    def identity_extra(self) -> dict[str, Any]:
+        """What else pins this backbone's latent space (a library version, a pretrained
+        tag); recorded in the dataset and compared on append. Optional."""
+        return {}
+
     # -- provided -----------------------------------------------------------
+    def weights_digest(self) -> str:
+        """sha256 of the weights this backbone runs (every tensor of ``self.model``'s state
+        dict, in key order); ``"none"`` without a model. Computed once."""
+        if getattr(self, "_weights_digest", None) is None:
+            self._weights_digest = _state_digest(self.model) if self.model is not None else "none"
+        return self._weights_digest
+
+    @property
+    def precision(self) -> str:
+        """The precision :meth:`forward` runs in here: ``fp32``, or ``bf16``/``fp16`` under
+        CUDA autocast."""
+        return precision_name(self.device, self.autocast)
+
+    def identified_info(self, precision: str | None = None) -> BackboneInfo:
+        """:attr:`info` with its identity: weights digest, precision (this device's, or the
+        one given for where the model will run), embedkit version, plugin extras."""
+        identity = {
+            "weights": self.weights_digest(),
+            "precision": precision or self.precision,
+            "embedkit": __version__,
+            **self.identity_extra(),
+        }
+        return dataclasses.replace(self.info, identity=identity)
+
     @property
     def name(self) -> str:
         return self.info.name
@@ -118,3 +152,12 @@ class Backbone:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.info.name} dim={self.info.dim} device={self.device}>"
+
+
+def _state_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()

@@ -14,11 +14,14 @@ hookimpl = HookimplMarker("embedkit")
 
 @hookspec
 def register_backbones(register):
-    """Register backbones: ``register(name, factory, description="")``.
+    """Register backbones: ``register(name, factory, description="", suggest=None,
+    options=None)``.
 
     A name ending in ``/`` or ``:`` is a prefix (``"timm/"``); its factory is
     called as ``factory(rest_of_name, **options)``. Any other name is exact and
-    its factory is called as ``factory(**options)``.
+    its factory is called as ``factory(**options)``. ``options`` names the options
+    the backbone takes (default: the factory's named parameters): only those are
+    accepted from a shared dataset's metadata.
     """
 
 

@@ -14,15 +14,20 @@ PLACEMENT_KEYS = frozenset({"device"})
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """What made a set of latents: enough to rebuild the backbone.
+    """What made a set of latents: enough to rebuild the backbone, and to tell its space.
 
-    ``load_backbone(info.name, **info.config)`` returns an equivalent backbone.
+    ``load_backbone(info)`` (``info.name`` with ``info.config`` as options) returns an
+    equivalent backbone. ``identity`` pins the latent space beyond the name: a digest of
+    the weights actually loaded, the precision they ran in, the embedkit version, and
+    what a plugin adds (e.g. timm's version and pretrained tag). It is filled when
+    latents are written (:meth:`embedkit.Backbone.identified_info`).
     """
 
     name: str
     dim: int
     dtype: str = "float32"
     config: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -35,18 +40,41 @@ class BackboneInfo:
             dim=int(data["dim"]),
             dtype=data.get("dtype", "float32"),
             config=data.get("config") or {},
-        )
-
-    def compatible_with(self, other: BackboneInfo) -> bool:
-        """Whether latents of ``self`` and ``other`` live in the same space and may be
-        mixed: same name, dim and config (placement such as ``device`` aside; timm's
-        pretrained and random weights share a name and dim but not a config)."""
-        return (self.name, self.dim, self.space_config()) == (
-            other.name,
-            other.dim,
-            other.space_config(),
+            identity=data.get("identity") or {},
         )
 
     def space_config(self) -> dict[str, Any]:
         """The config without placement keys: what determines the latent space."""
         return {k: v for k, v in self.config.items() if k not in PLACEMENT_KEYS}
+
+    def differences(self, other: BackboneInfo) -> list[str]:
+        """What tells these latents' space from ``other``'s, one phrase each; empty when
+        they may be mixed (same name, dim, config and identity)."""
+        found = []
+        if self.name != other.name:
+            found.append(f"backbone {self.name} vs {other.name}")
+        if self.dim != other.dim:
+            found.append(f"dim {self.dim} vs {other.dim}")
+        mine, theirs = self.space_config(), other.space_config()
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                found.append(f"{key}={mine.get(key)!r} vs {theirs.get(key)!r}")
+        for key in sorted(set(self.identity) | set(other.identity)):
+            if self.identity.get(key) != other.identity.get(key):
+                found.append(
+                    f"{key} {_short(self.identity.get(key))} vs {_short(other.identity.get(key))}"
+                )
+        return found
+
+    def compatible_with(self, other: BackboneInfo) -> bool:
+        """Whether latents of ``self`` and ``other`` live in the same space and may be
+        mixed (see :meth:`differences`; placement such as ``device`` aside)."""
+        return not self.differences(other)
+
+
+def _short(value: Any) -> str:
+    """Digests shortened for a one-line message; a missing value said as such."""
+    if value is None:
+        return "(not recorded)"
+    text = str(value)
+    return text[:12] if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text

@@ -19,6 +19,7 @@ from embedkit.errors import InputError
 from embedkit.plugins.info import BackboneInfo
 from embedkit.store.format import (
     EMBEDDING,
+    FILE_STAT_COLUMNS,
     PART_GLOB,
     LatentMeta,
     missing_ids_message,
@@ -29,6 +30,8 @@ from embedkit.store.format import (
 )
 
 __all__ = ["LatentBatch", "LatentDataset", "open_latents"]
+
+HIDDEN_COLUMNS = frozenset({EMBEDDING, *FILE_STAT_COLUMNS})
 
 
 class LatentBatch(NamedTuple):
@@ -95,8 +98,9 @@ class LatentDataset:
 
     @property
     def columns(self) -> list[str]:
-        """Every column but the embedding."""
-        return [name for name in self.schema.names if name != EMBEDDING]
+        """The id, source and carried columns: not the embedding, nor the file stats
+        (``source_size``, ``source_mtime_ns``), which :meth:`to_table` reads by name."""
+        return [name for name in self.schema.names if name not in HIDDEN_COLUMNS]
 
     def __len__(self) -> int:
         if self.expression is not None:
@@ -110,11 +114,14 @@ class LatentDataset:
         )
 
     def fingerprint(self) -> str:
-        """Changes whenever a part is added, removed or rewritten."""
+        """Changes whenever a part is added, removed or rewritten: it covers each part's
+        name, size, row count, modification time and inode (a stat and the Parquet footer,
+        never the data), so a same-size rewrite or a file renamed over a part counts."""
         digest = hashlib.sha256()
         for f in self.files:
             st = f.stat()
-            digest.update(f"{f.name}:{st.st_size}:{pq.ParquetFile(f).metadata.num_rows};".encode())
+            rows = pq.ParquetFile(f).metadata.num_rows
+            digest.update(f"{f.name}:{st.st_size}:{rows}:{st.st_mtime_ns}:{st.st_ino};".encode())
         return digest.hexdigest()[:16]
 
     # -- views --------------------------------------------------------------
@@ -133,7 +140,7 @@ class LatentDataset:
 
     # -- reads --------------------------------------------------------------
     def to_table(self, columns: Sequence[str] | None = None) -> pa.Table:
-        """The rows as a pyarrow Table (all columns, or those named)."""
+        """The rows as a pyarrow Table: :attr:`columns` and the embedding, or those named."""
         if columns is not None:
             unknown = [c for c in columns if c not in self.schema.names]
             if unknown:
@@ -141,9 +148,8 @@ class LatentDataset:
                     f"no column {unknown[0]!r} in {self.path}; columns: "
                     f"{', '.join(self.schema.names)}"
                 )
-        return self.dataset.to_table(
-            columns=list(columns) if columns else None, filter=self.expression
-        )
+        wanted = list(columns) if columns else [*self.columns, EMBEDDING]
+        return self.dataset.to_table(columns=wanted, filter=self.expression)
 
     def to_numpy(self) -> np.ndarray:
         """All vectors as ``[N, D]`` (float32 or float16 as stored), with no per-row Python."""

@@ -3,10 +3,12 @@
 A latent dataset is a folder::
 
     latents/
-      part-00000.parquet   id, source, <carried columns>, embedding: fixed_size_list<float32>[D]
-      part-00001.parquet   (each written to a hidden temp name, then renamed when complete)
-      errors/part-*.parquet  source, reason — inputs that could not be embedded
-      index/               FAISS index built from these latents
+      part-00000-<token>.parquet  id, source, source_size, source_mtime_ns, <carried columns>,
+                                  embedding: fixed_size_list<float32>[D]
+      part-00001-<token>.parquet  (each written to a hidden temp name, renamed when complete)
+      errors/part-*.parquet       source, reason: inputs that could not be embedded
+      index/                      FAISS index built from these latents
+      .embedkit/                  the writer lock
 
 Every part carries the same schema metadata under the key ``embedkit``: the
 backbone info, dim, normalization, dtype, embedkit version and creation time.
@@ -31,8 +33,11 @@ from embedkit.plugins.info import BackboneInfo
 __all__ = [
     "EMBEDDING",
     "ERRORS_DIR",
+    "FILE_STAT_COLUMNS",
     "META_KEY",
     "PART_GLOB",
+    "SOURCE_MTIME",
+    "SOURCE_SIZE",
     "LatentMeta",
     "error_files",
     "missing_ids_message",
@@ -46,6 +51,11 @@ EMBEDDING = "embedding"
 META_KEY = b"embedkit"
 PART_GLOB = "part-*.parquet"
 ERRORS_DIR = "errors"
+#: size and modification time of each source file when it was embedded (null when the
+#: rows did not come from files): how a resumed run notices a changed file
+SOURCE_SIZE = "source_size"
+SOURCE_MTIME = "source_mtime_ns"
+FILE_STAT_COLUMNS = (SOURCE_SIZE, SOURCE_MTIME)
 
 
 @dataclass(frozen=True)

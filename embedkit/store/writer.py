@@ -1,11 +1,9 @@
-"""Writing latent datasets atomically: parts appear only when complete."""
+"""Writing latent datasets: one writer at a time (a lock), parts that appear only when
+complete and durable, errors recorded as they happen."""
 
 from __future__ import annotations
 
-import os
-import re
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,43 +15,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
-from embedkit.files import atomic_write_table
+from embedkit.files import atomic_write_table, replace_durably
 from embedkit.plugins.info import BackboneInfo
 from embedkit.store.format import (
     EMBEDDING,
     ERRORS_DIR,
     META_KEY,
-    PART_GLOB,
+    SOURCE_MTIME,
+    SOURCE_SIZE,
     LatentMeta,
     part_files,
     read_meta,
 )
+from embedkit.store.lock import DatasetLock
+from embedkit.store.parts import next_part_name, parquet_options
 from embedkit.version import __version__
 
 __all__ = ["LatentWriter", "write_latents"]
 
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
-_PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
+#: recorded errors are written at the latest after this many or this many seconds
+ERRORS_PER_FLUSH = 256
+SECONDS_PER_ERROR_FLUSH = 5.0
 
 
-# Parquet stores a list column's floats with per-value levels; compressing or
-# dictionary-encoding them on top costs ~40% of read speed for almost no size (float
-# latents barely compress), so the embedding column is written plain.
-EMBEDDING_PATH = f"{EMBEDDING}.list.element"
-
-
-def parquet_options(schema: pa.Schema) -> dict:
-    """Writer options: snappy + dictionary for metadata columns, plain vectors."""
-    others = [name for name in schema.names if name != EMBEDDING]
-    compression = {name: "snappy" for name in others} | {EMBEDDING_PATH: "none"}
-    return {"compression": compression, "use_dictionary": others}
-
-
-def _next_part_number(directory: Path) -> int:
-    numbers = [
-        int(m.group(1)) for f in directory.glob(PART_GLOB) if (m := _PART_NUMBER.search(f.name))
-    ]
-    return max(numbers, default=-1) + 1
+def _stat_columns(
+    stats: tuple[Sequence[int], Sequence[int]] | None, rows: int
+) -> dict[str, pa.Array]:
+    """The source file size and mtime columns (nulls where rows have no file)."""
+    if stats is None:
+        return {name: pa.nulls(rows, pa.int64()) for name in (SOURCE_SIZE, SOURCE_MTIME)}
+    sizes, mtimes = (pa.array(np.asarray(v, dtype=np.int64), pa.int64()) for v in stats)
+    if len(sizes) != rows or len(mtimes) != rows:
+        raise InputError(f"file stats for {len(sizes)} rows, {rows} ids; pass one per id")
+    return {SOURCE_SIZE: sizes, SOURCE_MTIME: mtimes}
 
 
 def _column_array(name: str, values: Any, rows: int) -> pa.Array:
@@ -76,9 +71,11 @@ class LatentWriter:
     """Streams batches of latents into ``part-NNNNN.parquet`` files.
 
     Rows are buffered into row groups of ``row_group_rows`` (default: ~32 MiB of
-    vectors); a part is closed and renamed into place after ``rows_per_part`` rows or
-    ``seconds_per_part`` seconds, so an interrupted run loses at most one part's worth
-    of work. Appending to an existing dataset made by another backbone is refused.
+    vectors); a part is closed, fsynced and renamed into place after ``rows_per_part``
+    rows or ``seconds_per_part`` seconds, so an interrupted run loses at most one part's
+    worth of work. The writer holds the dataset's lock from creation to :meth:`close`:
+    a second writer is refused. Appending latents from another latent space (another
+    backbone, other weights, another precision) is refused too.
     """
 
     def __init__(
@@ -95,6 +92,7 @@ class LatentWriter:
             raise InputError(f"dtype {dtype!r} is not supported; use float32 or float16")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = DatasetLock(self.path).acquire()
         for stale in self.path.glob(".part-*.tmp"):
             stale.unlink()  # left by an interrupted run: never a complete part
         self.meta = LatentMeta(
@@ -124,17 +122,21 @@ class LatentWriter:
         self._part_started = 0.0
         self.rows_written = 0
         self.errors_written = 0
+        self._errors: list[tuple[str, str]] = []
+        self._errors_flushed = time.monotonic()
 
     def _check_existing(self) -> None:
         files = part_files(self.path)
         if not files:
             return
         existing = read_meta(files[0])
-        if not existing.backbone.compatible_with(self.meta.backbone):
+        differences = existing.backbone.differences(self.meta.backbone)
+        if differences:
             raise InputError(
-                f"{self.path} holds latents from backbone {existing.backbone.name} "
-                f"{existing.backbone.config}; refusing to add {self.meta.backbone.name} "
-                f"{self.meta.backbone.config} — write to a new folder"
+                f"{self.path} holds latents of {existing.backbone.name} "
+                f"{existing.backbone.space_config()}, another latent space than "
+                f"{self.meta.backbone.name} {self.meta.backbone.space_config()} "
+                f"({'; '.join(differences)}); refusing to add them: write to a new folder"
             )
         if (existing.normalized, existing.dtype) != (self.meta.normalized, self.meta.dtype):
             raise InputError(
@@ -157,6 +159,7 @@ class LatentWriter:
         sources: Sequence[str],
         vectors: np.ndarray,
         columns: pd.DataFrame | dict[str, Sequence[Any]] | None,
+        stats: tuple[Sequence[int], Sequence[int]] | None = None,
     ) -> pa.Table:
         vectors = np.ascontiguousarray(vectors, dtype=np.dtype(self.meta.dtype))
         if vectors.ndim != 2 or vectors.shape != (len(ids), self.meta.dim):
@@ -170,10 +173,11 @@ class LatentWriter:
         data: dict[str, Any] = {
             "id": pa.array(list(ids), pa.string()),
             "source": pa.array(list(sources), pa.string()),
+            **_stat_columns(stats, len(ids)),
         }
         items = columns.items() if columns is not None else []
         for name, values in items:
-            if name in ("id", "source", EMBEDDING):
+            if name in data or name == EMBEDDING:
                 continue
             data[name] = _column_array(name, values, len(ids))
         data[EMBEDDING] = pa.FixedSizeListArray.from_arrays(flat, type=self._vector_type())
@@ -197,11 +201,15 @@ class LatentWriter:
         sources: Sequence[str],
         vectors: np.ndarray,
         columns: pd.DataFrame | dict[str, Sequence[Any]] | None = None,
+        stats: tuple[Sequence[int], Sequence[int]] | None = None,
     ) -> None:
-        """Buffer one batch of rows; flushes row groups and parts as they fill."""
+        """Buffer one batch of rows; flushes row groups and parts as they fill.
+
+        ``stats`` is ``(sizes, mtimes_ns)`` of the source files, when rows come from files.
+        """
         if len(ids) == 0:
             return
-        table = self._table(ids, sources, vectors, columns)
+        table = self._table(ids, sources, vectors, columns, stats)
         if self._writer is None and not self._buffered:
             self._part_started = time.monotonic()  # the part's clock starts at its first row
         self._buffer.append(table)
@@ -217,14 +225,14 @@ class LatentWriter:
             self._close_part()
 
     def _flush_row_group(self) -> None:
+        self.flush_errors()
         if not self._buffered:
             return
         table = pa.concat_tables(self._buffer)
         self._buffer, self._buffered = [], 0
         if self._writer is None:
-            number = _next_part_number(self.path)
-            self._final = self.path / f"part-{number:05d}.parquet"
-            self._tmp = self.path / f".part-{number:05d}.{uuid.uuid4().hex[:8]}.tmp"
+            self._final = self.path / next_part_name(self.path)
+            self._tmp = self.path / f".{self._final.stem}.tmp"
             self._writer = pq.ParquetWriter(self._tmp, self.schema, **parquet_options(self.schema))
             self._part_rows = 0
         self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
@@ -235,42 +243,63 @@ class LatentWriter:
         if self._writer is None:
             return
         self._writer.close()
-        os.replace(self._tmp, self._final)
+        replace_durably(self._tmp, self._final)
         self._writer = self._tmp = self._final = None
         self._part_rows = 0
 
     def flush(self) -> None:
-        """Make every row written so far durable as complete parts."""
+        """Make every row and error recorded so far durable, as complete parts."""
         self._flush_row_group()
         self._close_part()
+        self.flush_errors()
 
     def write_errors(self, sources: Sequence[str], reasons: Sequence[str]) -> None:
-        """Record inputs that could not be embedded (written atomically at once)."""
-        if not sources:
+        """Record inputs that could not be embedded. They are written (atomically, as an
+        errors part) within seconds or a few hundred errors, and whenever rows are."""
+        self._errors += zip(map(str, sources), map(str, reasons), strict=True)
+        self.errors_written += len(sources)
+        overdue = time.monotonic() - self._errors_flushed >= SECONDS_PER_ERROR_FLUSH
+        if len(self._errors) >= ERRORS_PER_FLUSH or (self._errors and overdue):
+            self.flush_errors()
+
+    def flush_errors(self) -> None:
+        """Write the recorded errors not written yet."""
+        self._errors_flushed = time.monotonic()
+        if not self._errors:
             return
         directory = self.path / ERRORS_DIR
         directory.mkdir(exist_ok=True)
+        sources, reasons = zip(*self._errors, strict=True)
         table = pa.table(
             {
                 "source": pa.array(list(sources), pa.string()),
                 "reason": pa.array(list(reasons), pa.string()),
             }
         )
-        atomic_write_table(table, directory / f"part-{_next_part_number(directory):05d}.parquet")
-        self.errors_written += len(sources)
+        atomic_write_table(table, directory / next_part_name(directory))
+        self._errors = []
 
     def close(self) -> None:
-        self.flush()
+        """Flush everything and release the dataset's lock."""
+        try:
+            self.flush()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> LatentWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None or exc_type is KeyboardInterrupt:
-            self.close()  # keep the rows that finished; a re-run resumes after them
-        elif self._writer is not None:
-            self._writer.close()
-            self._tmp.unlink(missing_ok=True)
+        if exc_type is None:
+            self.close()
+            return
+        try:  # keep the rows that finished; a re-run resumes after them
+            self.close()
+        except Exception:  # the writer itself failed (disk full, ...): drop the open part
+            if self._writer is not None:
+                self._writer.close()
+                self._tmp.unlink(missing_ok=True)
+            self._lock.release()
 
 
 def write_latents(

@@ -30,4 +30,6 @@ def __getattr__(name: str) -> Any:
 
 @hookimpl
 def register_backbones(register):
-    register("pixels", build, description="downsampled raw pixels (option: size=8)")
+    register(
+        "pixels", build, description="downsampled raw pixels (option: size=8)", options=("size",)
+    )

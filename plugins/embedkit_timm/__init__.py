@@ -43,4 +43,5 @@ def register_backbones(register):
         build,
         description="any timm model, e.g. timm/resnet50; options: pretrained, weights, layers",
         suggest=suggest,
+        options=("pretrained", "weights", "layers"),
     )

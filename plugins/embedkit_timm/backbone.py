@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -20,6 +23,12 @@ from embedkit_timm.weights import load_weights
 @lru_cache(maxsize=1)
 def _all_model_names() -> tuple[str, ...]:
     return tuple(timm.list_models())
+
+
+def name_seed(model_name: str) -> int:
+    """The torch seed random weights of ``model_name`` are drawn with (stable across
+    processes and Python's hash randomisation)."""
+    return int(hashlib.sha256(model_name.encode()).hexdigest()[:8], 16)
 
 
 def close_model_names(name: str) -> list[str]:
@@ -83,7 +92,20 @@ class TimmBackbone(Backbone):
 
     def _create(self) -> torch.nn.Module:
         try:
-            return timm.create_model(self.model_name, pretrained=self.pretrained)
+            if self.pretrained:
+                return timm.create_model(self.model_name, pretrained=True)
+            # random (or about to be replaced) weights, seeded from the name: every process
+            # (and every Ray actor) builds the same model, so its latents can be queried
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(name_seed(self.model_name))
+                model = timm.create_model(self.model_name, pretrained=False)
+            if self.weights is None:
+                warnings.warn(
+                    f"timm/{self.model_name} with pretrained=False has random weights "
+                    "(seeded by name): fine for timing and tests, not as features",
+                    stacklevel=4,
+                )
+            return model
         except Exception as exc:
             if not self.pretrained:
                 raise BackboneError(f"timm could not build {self.model_name!r}: {exc}") from exc
@@ -118,6 +140,16 @@ class TimmBackbone(Backbone):
     @property
     def info(self) -> BackboneInfo:
         return self._info
+
+    def identity_extra(self) -> dict[str, Any]:
+        """timm's version and the weights' origin: a pretrained tag, a file, or the seed."""
+        if self.weights is not None:
+            origin = "file"
+        elif self.pretrained:
+            origin = self.model.pretrained_cfg.get("tag") or "default"
+        else:
+            origin = f"random:seed={name_seed(self.model_name)}"
+        return {"timm": timm.__version__, "weights_origin": origin}
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image.convert("RGB"))

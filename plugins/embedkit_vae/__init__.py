@@ -38,11 +38,13 @@ def register_backbones(register):
         "vae:",
         _load_vae,
         description="a VAE trained with `embedkit train vae`, e.g. vae:runs/shapes (decodes)",
+        options=(),
     )
     register(
         "ae:",
         _load_ae,
         description="an autoencoder trained with `embedkit train ae`, e.g. ae:runs/ae (decodes)",
+        options=(),
     )
 
 

@@ -51,7 +51,7 @@ def stats_rows(output: str) -> dict[str, list[str]]:
     header = lines[start].split()
     rows = {}
     for line in lines[start + 1 :]:
-        if line.startswith("saved "):
+        if line.startswith(("saved ", "* ")):
             break
         cells = line.split()
         assert len(cells) == len(header), line
@@ -183,3 +183,97 @@ def test_errors_are_one_line(lat, tmp_path, capsys, args, needle):
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and needle in lines[0]
     assert "Traceback" not in err and out == ""
+
+
+# -- scores made in-sample are marked --------------------------------------------------
+def test_in_sample_scores_are_marked(tmp_path):
+    x = np.random.default_rng(0).standard_normal((50, DIM)).astype(np.float32)
+    rare = np.arange(50) == 7  # one positive: nothing can be held out
+    path = write_latents(
+        tmp_path / "lat", range(50), x, BackboneInfo("toy", DIM),
+        columns={"rare": rare, "half": np.arange(50) % 2 == 0},
+    )  # fmt: skip
+    output = invoke("attributes", path, "-c", "rare", "-c", "half")
+    rows = stats_rows(output)
+    header = next(line.split() for line in output.splitlines() if line.split()[:1] == ["name"])
+    auc_at = header.index("auc")
+    assert rows["rare"][auc_at].endswith("*") and not rows["half"][auc_at].endswith("*")
+    assert float(rows["rare"][auc_at].rstrip("*")) == pytest.approx(
+        attribute_vector(path, "rare").auc, abs=1e-3
+    )
+    footnotes = [line for line in output.splitlines() if line.startswith("* ")]
+    assert len(footnotes) == 1 and "in-sample" in footnotes[0]
+    assert "in-sample" not in invoke("attributes", path, "-c", "half")
+
+
+# -- the new user's story: corpus, embed the folder, attributes with its labels ----------
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> tuple[Path, Path]:
+    """``embedkit corpus shapes shapes/`` then ``embedkit embed shapes/ -b pixels``:
+    latent ids are paths relative to shapes/, labels.parquet has ``id`` 0..59 and ``path``."""
+    from embedkit import embed
+    from embedkit.images import make_shapes
+
+    root = tmp_path_factory.mktemp("story")
+    labels = make_shapes(root / "shapes", n=60, size=16)
+    embed(root / "shapes", "pixels", root / "latents", progress=False)
+    return root / "latents", labels
+
+
+JOINED_ON_PATH = "joined on labels column 'path' (60 of 60 latents); 'id' matched none"
+
+
+def assert_clean_stderr(err: str) -> None:
+    assert "Warning" not in err and ".py:" not in err and "Traceback" not in err, err
+    assert all(line.startswith(("warning: ", "error: ")) for line in err.splitlines()), err
+
+
+def test_attributes_find_the_column_matching_the_latent_ids(shapes, capsys):
+    latents, labels = shapes
+    main(["attributes", str(latents), "--labels", str(labels), "--column", "filled"])
+    out, err = capsys.readouterr()
+    assert_clean_stderr(err)
+    assert (out + err).count(JOINED_ON_PATH) == 1  # said once, not as warning and report
+    assert (out + err).count("60 of 60 latents labeled") == 1
+    (row,) = stats_rows(out).values()
+    frame = pd.read_parquet(labels)
+    assert row[0] == "filled" and int(row[4]) == int(frame["filled"].sum())
+
+
+def test_explicit_id_column_that_matches_nothing_says_which_would(shapes, capsys):
+    latents, labels = shapes
+    code, out, err = run_main(
+        capsys, "attributes", latents, "--labels", labels, "-c", "filled", "--id-column", "id"
+    )
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and "pass --id-column path" in line
+
+
+def test_centroids_find_the_column_too(shapes, capsys):
+    latents, labels = shapes
+    main(["centroids", str(latents), "--by", "shape", "--labels", str(labels)])
+    out, err = capsys.readouterr()
+    assert_clean_stderr(err)
+    assert err.count(JOINED_ON_PATH) == 1
+    assert out.split()[:3] == ["label", "n", "norm"]
+    main(["centroids", str(latents), "--by", "shape", "--labels", str(labels), "--id-column",
+          "path"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert err == "" and out.split()[:3] == ["label", "n", "norm"]
+
+
+def test_warnings_reach_the_user_as_one_line_each(lat, tmp_path, capsys):
+    table = pd.DataFrame({"id": [str(i) for i in range(0, N, 2)]})
+    table["even_half"] = [i < N // 2 for i in range(0, N, 2)]
+    table.to_csv(tmp_path / "l.csv", index=False)
+    report = f"{N // 2} of {N} latents labeled; {N // 2} latents had no label row"
+    main(["attributes", str(lat), "-c", "even_half", "--labels", str(tmp_path / "l.csv")])
+    out, err = capsys.readouterr()
+    assert_clean_stderr(err)
+    assert err.startswith(f"warning: {report}") and (out + err).count(report) == 1
+    main(["attributes", str(lat), "-c", "even_half", "--labels", str(tmp_path / "l.csv"),
+          "--positive", "true"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert_clean_stderr(err)
+    assert err.count(report) == 1

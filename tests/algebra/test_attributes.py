@@ -458,3 +458,80 @@ def test_numeric_ids_are_looked_up_as_strings(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(vectors_for_ids(path, [30, 10]), x[[2, 0]])
+
+
+# -- held-out scores: a stratified split, or in-sample and said so ---------------------
+def rare_flag(tmp_path: Path, n_positive: int, n: int = 200, dim: int = 400):
+    """Noise latents (more dims than rows) with ``n_positive`` rows flagged at random:
+    in-sample scores are near perfect, held-out ones near chance."""
+    rng = np.random.default_rng(n_positive)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    flag = np.zeros(n, bool)
+    flag[rng.choice(n, n_positive, replace=False)] = True
+    return write_latents(
+        tmp_path / "lat", range(n), x, BackboneInfo("wide", dim), columns={"flag": flag}
+    )
+
+
+@pytest.fixture
+def scored_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """(positives, negatives) each score was computed on."""
+    from embedkit.algebra import attributes as module
+
+    sizes: list[tuple[int, int]] = []
+
+    def spy(positive: np.ndarray, negative: np.ndarray) -> float:
+        sizes.append((len(positive), len(negative)))
+        return auc(positive, negative)
+
+    monkeypatch.setattr(module, "auc", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rare_positives_are_still_held_out(tmp_path, scored_sizes, seed):
+    """3 positives in 200 rows: a random 20 % split often holds none of them out, and the
+    score silently became in-sample (AUC near 1 on pure noise)."""
+    v = attribute_vector(rare_flag(tmp_path, 3), "flag", holdout=0.2, seed=seed)
+    assert v.in_sample is False and v.stats()["in_sample"] is False
+    assert scored_sizes == [(1, 39)]  # round(3 * 0.2) -> at least 1; round(197 * 0.2) = 39
+    assert v.n_positive == 3 and v.n_negative == 197
+
+
+def test_split_holds_out_the_same_fraction_of_each_class(lat, scored_sizes):
+    path, _, frame = lat
+    n_pos = int(frame["flag"].sum())
+    v = attribute_vector(path, "flag", holdout=0.25)
+    assert not v.in_sample
+    assert scored_sizes == [(round(n_pos * 0.25), round((600 - n_pos) * 0.25))]
+
+
+def test_one_positive_is_scored_in_sample_and_says_so(tmp_path, scored_sizes):
+    v = attribute_vector(rare_flag(tmp_path, 1), "flag", holdout=0.2)
+    assert v.in_sample is True and v.stats()["in_sample"] is True
+    assert scored_sizes == [(1, 199)]  # every row: nothing could be held out
+    assert v.auc == 1.0  # in-sample on noise: perfect, which is why it is flagged
+
+
+def test_holdout_zero_is_in_sample(tmp_path):
+    v = attribute_vector(rare_flag(tmp_path, 50), "flag", holdout=0.0)
+    assert v.in_sample is True
+
+
+def test_attribute_vectors_flag_in_sample_per_vector(tmp_path):
+    x, _, _, _ = synthetic(100)
+    kind = ["common"] * 99 + ["unique"]
+    path = write_latents(tmp_path / "lat", range(100), x, TOY, columns={"kind": kind})
+    found, _ = attribute_vectors(path, ["kind"])
+    assert {v.name: v.in_sample for v in found} == {"kind=common": True, "kind=unique": True}
+    kind = ["a"] * 50 + ["b"] * 48 + ["c"] * 2
+    path = write_latents(tmp_path / "lat2", range(100), x, TOY, columns={"kind": kind})
+    found, _ = attribute_vectors(path, ["kind"])
+    assert [v.in_sample for v in found] == [False, False, False]
+
+
+def test_scores_on_rare_positives_are_honest(tmp_path):
+    """Pure noise with 3 positives: held-out AUCs average near chance, not near 1."""
+    path = rare_flag(tmp_path, 3)
+    scores = [attribute_vector(path, "flag", seed=seed).auc for seed in range(8)]
+    assert np.mean(scores) < 0.8, scores

@@ -208,3 +208,46 @@ def test_kmeans_plus_plus_samples_large_inputs():
     seeds = kmeans_plus_plus(x, 4, sample=100)
     assert seeds.shape == (4, DIM)
     assert {tuple(r) for r in seeds} <= {tuple(r) for r in x}
+
+
+# -- never write into what the dataset returned ---------------------------------------
+@pytest.fixture
+def frozen_reads(tmp_path: Path, monkeypatch):
+    """Latents whose ``to_numpy``/``vectors_of`` return one read-only array, as a zero-copy
+    view of an Arrow buffer is; returns (path, that array, a copy to compare with)."""
+    from embedkit.store.dataset import LatentDataset
+
+    x, truth = blobs(n=400, k=4, seed=3)
+    path = write_latents(
+        tmp_path / "lat", [f"p{i}" for i in range(len(x))], x, TOY,
+        columns={"kind": truth.astype(str)},
+    )  # fmt: skip
+    read = open_latents(path).to_numpy()
+    assert not read.flags.writeable  # the real read is an Arrow view already
+    frozen = read.copy()
+    frozen.flags.writeable = False
+    monkeypatch.setattr(LatentDataset, "to_numpy", lambda self: frozen)
+    monkeypatch.setattr(LatentDataset, "vectors_of", lambda self, ids: frozen[: len(ids)])
+    return path, frozen, read.copy()
+
+
+def test_kmeans_normalize_does_not_write_into_the_read_array(frozen_reads):
+    """faiss.normalize_L2 writes through the raw pointer, read-only flag or not."""
+    path, frozen, before = frozen_reads
+    result = kmeans(path, k=4, normalize=True)
+    np.testing.assert_array_equal(frozen, before)
+    assert result.normalized
+    np.testing.assert_allclose(np.linalg.norm(result.centroids, axis=1), 1.0, atol=1e-4)
+
+
+def test_algebra_never_writes_into_the_read_array(frozen_reads):
+    from embedkit.algebra import attribute_vectors, labeled, vectors_for_ids
+
+    path, frozen, before = frozen_reads
+    kmeans(path, k=4, normalize=False)
+    centroids(path, by="kind", normalize=True)
+    attribute_vectors(path, ["kind"])
+    out = labeled(path, ["kind"])
+    out.vectors[:] = 0  # what labeled() hands out is the caller's to change
+    vectors_for_ids(path, ["p0", "p1"])[:] = 0
+    np.testing.assert_array_equal(frozen, before)

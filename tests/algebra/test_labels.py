@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -217,3 +218,104 @@ def test_missing_and_unreadable_label_files(data, tmp_path):
     with pytest.raises(InputError) as exc:
         labeled(path, ["mood"], labels=bad)
     assert "cannot read labels table" in one_line(exc)
+
+
+# -- finding the column to join on ----------------------------------------------------
+N_IMAGES = 10
+MOODS = [f"m{i}" for i in range(N_IMAGES)]
+
+
+def embedded_folder(tmp_path: Path, ids_under: str = "") -> tuple[Path, Path, np.ndarray]:
+    """Latents as ``embed corpus/`` writes them (ids relative to the folder embedded, absolute
+    ``source``), and corpus/labels.parquet as ``make_shapes`` writes it (``id`` 0..n-1, ``path``
+    relative to its folder). Returns (latents, labels table, vectors)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    paths = [f"images/{i:05d}.png" for i in range(N_IMAGES)]
+    vecs = np.random.default_rng(1).standard_normal((N_IMAGES, DIM)).astype(np.float32)
+    ids = [p.removeprefix(ids_under) for p in paths]
+    lat = write_latents(
+        tmp_path / "lat", ids, vecs, BackboneInfo("toy", DIM),
+        sources=[str(corpus / p) for p in paths],
+    )  # fmt: skip
+    table = pd.DataFrame({"id": range(N_IMAGES), "path": paths, "mood": MOODS})
+    table.iloc[::-1].to_parquet(corpus / "labels.parquet")  # another order than the latents
+    return lat, corpus / "labels.parquet", vecs
+
+
+def test_join_column_is_found_when_id_matches_nothing(tmp_path):
+    lat, table, vecs = embedded_folder(tmp_path)
+    note = "joined on labels column 'path' (10 of 10 latents); 'id' matched none"
+    with pytest.warns(UserWarning, match=re.escape(note)):
+        out = labeled(lat, ["mood"], labels=table)
+    assert out.report == JoinReport(10, 10, 0, 0)
+    assert (out.report.on, out.report.detected) == ("path", note)
+    assert str(out.report).startswith(note + "; 10 of 10 latents labeled")
+    assert out.labels["mood"].tolist() == MOODS
+    np.testing.assert_array_equal(out.vectors, vecs)
+
+
+def test_small_id_match_gives_way_to_a_column_matching_far_more(tmp_path):
+    lat, _, _ = embedded_folder(tmp_path)
+    frame = pd.DataFrame(
+        {
+            "id": ["images/00003.png"] + [f"other{i}" for i in range(1, N_IMAGES)],
+            "path": [f"images/{i:05d}.png" for i in range(N_IMAGES)],
+            "mood": MOODS,
+        }
+    )
+    with pytest.warns(UserWarning, match="'id' matched 1 of 10"):
+        out = labeled(lat, ["mood"], labels=frame)
+    assert out.report.on == "path" and out.labels["mood"].tolist() == MOODS
+
+
+def test_join_through_sources_resolved_against_the_labels_folder(tmp_path):
+    """Embedding corpus/images/ gives ids like 00001.png; labels say images/00001.png."""
+    lat, table, vecs = embedded_folder(tmp_path, ids_under="images/")
+    with pytest.warns(UserWarning, match="joined on labels column 'path' as paths") as record:
+        out = labeled(lat, ["mood"], labels=table)
+    assert "source" in str(record[0].message) and "10 of 10 latents" in str(record[0].message)
+    assert out.report == JoinReport(10, 10, 0, 0) and out.report.on == "path"
+    assert out.labels["mood"].tolist() == MOODS
+    np.testing.assert_array_equal(out.vectors, vecs)
+    # chosen explicitly, the column is joined the same way, and that is said too
+    with pytest.warns(UserWarning, match="as paths"):
+        out = labeled(lat, ["mood"], labels=table, id_column="path")
+    assert out.labels["mood"].tolist() == MOODS
+
+
+def test_explicit_id_column_matching_nothing_names_the_one_that_does(tmp_path):
+    lat, table, _ = embedded_folder(tmp_path)
+    with pytest.raises(InputError) as exc:
+        labeled(lat, ["mood"], labels=table, id_column="id")
+    message = one_line(exc)
+    assert "'id' matches none of the 10 latent ids" in message
+    assert "'path' matches 10" in message and "pass --id-column path" in message
+
+
+def test_absent_id_column_suggests_the_matching_one(data):
+    path, _ = data
+    frame = labels_frame().rename(columns={"id": "key"})
+    with pytest.raises(InputError) as exc:
+        labeled(path, ["mood"], labels=frame)
+    message = one_line(exc)
+    assert "no column 'id'" in message and "pass --id-column key" in message
+
+
+def test_full_id_match_is_not_second_guessed(data):
+    path, _ = data
+    frame = pd.DataFrame({"id": IDS, "alt": IDS, "mood": list("abcdefgh")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = labeled(path, ["mood"], labels=frame)
+    assert (out.report.on, out.report.detected) == ("id", "")
+
+
+def test_nothing_matching_shows_what_the_ids_look_like(data):
+    path, _ = data
+    frame = pd.DataFrame({"id": ["nope", "nada"], "mood": ["a", "b"]})
+    with pytest.warns(UserWarning), pytest.raises(InputError) as exc:
+        labeled(path, ["mood"], labels=frame)
+    message = one_line(exc)
+    assert "has a label in mood" in message
+    assert "'000'" in message and "'nope'" in message

@@ -69,7 +69,7 @@ def test_saved_table_is_plain_parquet_with_stats(tmp_path):
     table = pq.read_table(path)
     assert table.column_names == [
         "name", "column", "positive", "negative", "n_positive", "n_negative", "norm", "auc",
-        "cohens_d", "vector",
+        "cohens_d", "in_sample", "vector",
     ]  # fmt: skip
     assert table.schema.field("vector").type == pa.list_(pa.float32(), DIM)
     norms = table.column("norm").to_pylist()
@@ -149,3 +149,22 @@ def test_parquet_not_written_by_embedkit(tmp_path):
     lat = write_latents(tmp_path / "lat", ["a"], np.ones((1, DIM), np.float32), TIMM)
     with pytest.raises(InputError, match="not an embedkit vectors table"):
         load_vectors(next(lat.glob("part-*.parquet")))
+
+
+def test_in_sample_round_trips(tmp_path):
+    saved = [vector("held", 1), vector("tiny", 2, in_sample=True)]
+    loaded = load_vectors(save_vectors(saved, tmp_path / "v.parquet"))
+    assert loaded["held"].in_sample is False and loaded["tiny"].in_sample is True
+    assert loaded["tiny"].stats()["in_sample"] is True
+
+
+def test_table_without_in_sample_column_loads_as_held_out(tmp_path):
+    """Tables saved before ``in_sample`` existed have no such column."""
+    path = save_vectors([vector("a", 0), vector("b", 1, in_sample=True)], tmp_path / "v.parquet")
+    table = pq.read_table(path)
+    if "in_sample" in table.column_names:
+        table = table.drop_columns(["in_sample"])
+    pq.write_table(table, path)  # the schema metadata (backbone) is kept
+    loaded = load_vectors(path)
+    assert [v.in_sample for v in loaded.values()] == [False, False]
+    assert "in_sample" in loaded["a"].stats()

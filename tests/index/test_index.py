@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -205,6 +208,51 @@ def test_stale_index_detected_and_rebuilt(small) -> None:
     assert rebuilt.ntotal == len(x) + 100
     assert load_index(path).ntotal == len(x) + 100  # saved, fresh again
     assert len(neighbors(path, ids=["r3050"], k=3)) == 3
+
+
+def rewrite_part(part: Path, seed: int) -> None:
+    """Replace ``part`` with one holding the same ids, rows, schema, metadata and byte size
+    but other vectors: the rows' vectors shuffled (stored uncompressed, with the same
+    min/max statistics, so not one byte more or less)."""
+    table = pq.read_table(part)
+    old = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    new = old[np.random.default_rng(seed).permutation(len(old))]
+    assert not np.array_equal(new, old)
+    field = table.schema.field("embedding")
+    column = pa.array(list(new), type=field.type)
+    table = table.set_column(table.schema.get_field_index("embedding"), field, column)
+    group = pq.ParquetFile(part).metadata.row_group(0)
+    chunks = [group.column(i) for i in range(group.num_columns)]
+    codecs = {c.path_in_schema: c.compression.replace("UNCOMPRESSED", "NONE") for c in chunks}
+    tmp = part.with_name(".rewrite.tmp")
+    pq.write_table(  # with the writer's own per-column compression and dictionaries
+        table,
+        tmp,
+        compression=codecs,
+        use_dictionary=[c.path_in_schema for c in chunks if "RLE_DICTIONARY" in c.encodings],
+    )
+    size = part.stat().st_size
+    os.replace(tmp, part)
+    assert part.stat().st_size == size
+
+
+def test_part_rewritten_with_same_ids_and_size_is_stale(small) -> None:
+    path, _ = small
+    build_index(path, kind="flat", progress=False)
+    assert len(neighbors(path, ids=["r0"], k=3)) == 3  # the saved index is now cached
+    load_index(path)
+    before = len(open_latents(path))
+    rewrite_part(open_latents(path).files[0], seed=5)
+    assert len(open_latents(path)) == before
+    with pytest.raises(InputError, match="stale"):
+        neighbors(path, ids=["r0"], k=3)  # not served from the cache either
+    with pytest.raises(InputError, match=r"stale.*re-run `embedkit index") as err:
+        load_index(path)
+    assert "\n" not in str(err.value)
+    assert load_index(path, rebuild=True).ntotal == before
+    queries = [f"r{i}" for i in range(20)]
+    exact = neighbors(path, ids=queries, k=3, index="exact")
+    assert neighbors(path, ids=queries, k=3)["id"].tolist() == exact["id"].tolist()
 
 
 # -- GPU ------------------------------------------------------------------------------------

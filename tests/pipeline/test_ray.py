@@ -107,7 +107,7 @@ def test_same_dataset_as_local_engine(
     assert ray_ds.schema.remove_metadata() == local_ds.schema.remove_metadata()
     strip = {"created": ""}
     assert ray_ds.meta.__dict__ | strip == local_ds.meta.__dict__ | strip
-    assert [f.name for f in ray_ds.files] == ["part-00000.parquet"]
+    assert [f.name[:11] for f in ray_ds.files] == ["part-00000-"]
     assert not list(out.glob(".*.tmp"))
     assert not (out / ERRORS_DIR).exists()
 

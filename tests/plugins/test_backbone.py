@@ -134,8 +134,9 @@ def test_backbone_info_json_round_trip():
         "dim": 960,
         "dtype": "float32",
         "config": {"layers": [1, 2, 3, 4], "pretrained": False, "weights": None, "s": "x"},
+        "identity": {},
     }
-    assert list(json.loads(text)) == ["config", "dim", "dtype", "name"]  # sorted, stable
+    assert list(json.loads(text)) == ["config", "dim", "dtype", "identity", "name"]  # sorted
     assert BackboneInfo.from_json(text) == info
     assert BackboneInfo.from_json(text.encode()) == info
     minimal = BackboneInfo.from_json('{"name": "x", "dim": "7", "config": null}')

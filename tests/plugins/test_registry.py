@@ -30,7 +30,7 @@ def prefix(name):
 def register_backbones(register):
     register("ekx", exact("ekx"), description="an exact name")
     register("ekp/fixed", exact("ekp/fixed"), description="an exact name inside a prefix")
-    register("ekp/", prefix("ekp/"), description="a prefix")
+    register("ekp/", prefix("ekp/"), description="a prefix", options=["size", "layers"])
     register("ekp/deep/", prefix("ekp/deep/"), description="a longer prefix")
     register("ekc:", prefix("ekc:"), description="a colon prefix")
 '''
@@ -135,6 +135,20 @@ def test_load_backbone_from_info_uses_its_config(reg_plugin):
     # explicit options override the stored config
     assert embedkit.load_backbone(info, size=8)[3] == {"size": 8, "layers": [1]}
     assert embedkit.load_backbone(BackboneInfo("ekx", 3)) == ("exact", "ekx", {})
+
+
+def test_metadata_options_must_be_declared(reg_plugin):
+    # a latent folder can come from anyone: its metadata may only pass declared options
+    sneaky = BackboneInfo(name="ekp/thing", dim=7, config={"size": 4, "weights": "/etc/x"})
+    with pytest.raises(embedkit.BackboneError, match=r"option 'weights'.*does not declare"):
+        embedkit.load_backbone(sneaky)
+    undeclared = BackboneInfo(name="ekc:thing", dim=7, config={"size": 4})  # **options only
+    with pytest.raises(embedkit.BackboneError, match="declared: none"):
+        embedkit.load_backbone(undeclared)
+    assert embedkit.load_backbone("ekc:thing", size=4)[3] == {"size": 4}  # typed by a user: ok
+    timm_info = BackboneInfo("timm/resnet18", 512, config={"pretrained": False, "evil": 1})
+    with pytest.raises(embedkit.BackboneError, match="option 'evil'"):
+        embedkit.load_backbone(timm_info)
 
 
 def test_load_backbone_from_info_rebuilds_timm_backbone(fresh_plugins, rng_images):

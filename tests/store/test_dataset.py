@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -236,7 +238,7 @@ def test_vectors_from_column_chunks_and_empty():
 def test_to_numpy_across_parts_in_order(multipart):
     path, ids, expected = multipart
     ds = open_latents(path)
-    assert [f.name for f in ds.files] == [f"part-{i:05d}.parquet" for i in range(5)]
+    assert [f.name[:10] for f in ds.files] == [f"part-{i:05d}" for i in range(5)]
     assert len(ds) == 50
     assert ds.to_table(["embedding"]).column("embedding").num_chunks > 1
     x = ds.to_numpy()
@@ -414,6 +416,30 @@ def test_fingerprint_stable_then_changes_on_append(sample):
     assert len(open_latents(path)) == 7
 
 
+def test_fingerprint_changes_when_a_part_is_replaced_by_identical_bytes(sample):
+    """os.replace with a byte-identical copy: same name, size and rows, a new inode."""
+    path, _ = sample
+    part = open_latents(path).files[0]
+    first = open_latents(path).fingerprint()
+    copy = part.with_name(".copy.tmp")
+    copy.write_bytes(part.read_bytes())
+    os.replace(copy, part)
+    assert open_latents(path).fingerprint() != first
+
+
+def test_fingerprint_changes_when_a_part_is_rewritten_in_place(sample):
+    """Same inode, name, size and rows; only the modification time tells."""
+    path, _ = sample
+    part = open_latents(path).files[0]
+    first = open_latents(path).fingerprint()
+    data = part.read_bytes()
+    with part.open("r+b") as f:
+        f.write(data)
+    st = part.stat()
+    os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later write
+    assert open_latents(path).fingerprint() != first
+
+
 # -- errors table ---------------------------------------------------------------
 
 
@@ -518,7 +544,7 @@ def test_open_mixed_backbones(sample, other):
     with pytest.raises(InputError) as exc:
         open_latents(path)
     message = one_line(exc)
-    assert "part-00001.parquet" in message and "part-00000.parquet" in message
+    assert "part-00001.parquet" in message and re.search(r"part-00000-\w{8}\.parquet", message)
     assert other.backbone.name in message and "one backbone" in message
 
 
@@ -535,7 +561,7 @@ def test_hidden_temp_files_ignored(sample):
     (path / ".part-00001.deadbeef.tmp").write_bytes(b"half a part")
     (path / ".part-00001.parquet.cafe.tmp").write_bytes(b"half a part")
     ds = open_latents(path)
-    assert [f.name for f in ds.files] == ["part-00000.parquet"]
+    assert [f.name[:11] for f in ds.files] == ["part-00000-"]
     np.testing.assert_array_equal(ds.to_numpy(), vecs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from embedkit.errors import InputError
 from embedkit.files import atomic_write_table
 from embedkit.plugins.info import BackboneInfo
 from embedkit.store import open_latents, read_meta
+from embedkit.store.lock import STATE_DIR
 from embedkit.store.writer import LatentWriter, write_latents
 
 DIM = 4
@@ -37,9 +39,19 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
+PART_TOKEN = re.compile(r"^(\.?part-\d{5})-[0-9a-f]{8}")
+
+
 def names(path: Path) -> list[str]:
-    """Every entry in the folder, hidden ones included."""
-    return sorted(p.name for p in path.iterdir())
+    """Every entry in the folder, hidden ones included, but the lock folder; part names
+    without their random token (part-00003-1a2b3c4d.parquet -> part-00003.parquet)."""
+    return sorted(PART_TOKEN.sub(r"\1", p.name) for p in path.iterdir() if p.name != STATE_DIR)
+
+
+def part(path: Path, number: int) -> Path:
+    """The part file numbered ``number``."""
+    (found,) = path.glob(f"part-{number:05d}-*.parquet")
+    return found
 
 
 def part_rows(path: Path) -> list[int]:
@@ -88,7 +100,7 @@ def test_row_groups_follow_row_group_rows(tmp_path):
     path = tmp_path / "lat"
     with LatentWriter(path, toy(), row_group_rows=32) as writer:
         expected = write_batches(writer, [10] * 10)
-    meta = pq.ParquetFile(path / "part-00000.parquet").metadata
+    meta = pq.ParquetFile(part(path, 0)).metadata
     groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     assert groups == [40, 40, 20]  # flushed as soon as 32 rows are buffered
     np.testing.assert_array_equal(open_latents(path).to_numpy(), expected)
@@ -155,7 +167,7 @@ def test_append_continues_numbering_and_keeps_order(tmp_path):
     assert ds.ids().tolist() == list("abcdefgh")
     np.testing.assert_array_equal(ds.to_numpy(), np.concatenate([first, second]))
     # Numbering follows the highest part, even with a gap.
-    (path / "part-00001.parquet").rename(path / "part-00007.parquet")
+    part(path, 1).rename(path / "part-00007-0badf00d.parquet")
     write_latents(path, ["i"], vectors(1), toy())
     assert names(path)[-1] == "part-00008.parquet"
 
@@ -163,12 +175,12 @@ def test_append_continues_numbering_and_keeps_order(tmp_path):
 def test_append_keeps_original_metadata(tmp_path):
     path = tmp_path / "lat"
     write_latents(path, ["a"], vectors(1), toy())
-    first = read_meta(path / "part-00000.parquet")
+    first = read_meta(part(path, 0))
     writer = LatentWriter(path, toy())
     assert writer.meta.created == first.created
     writer.write(["b"], [""], vectors(1))
     writer.close()
-    assert read_meta(path / "part-00001.parquet") == first
+    assert read_meta(part(path, 1)) == first
 
 
 def test_invalid_dtype(tmp_path):
@@ -189,7 +201,7 @@ def test_stale_temp_files_removed_on_open(tmp_path):
     keep = path / "notes.txt"
     keep.write_text("not ours")
     ds = open_latents(path)  # the reader ignores them
-    assert [f.name for f in ds.files] == ["part-00000.parquet"]
+    assert [f.name for f in ds.files] == [part(path, 0).name]
     assert len(ds) == 2
     LatentWriter(path, toy()).close()  # the writer removes them
     assert names(path) == ["notes.txt", "part-00000.parquet"]
@@ -211,14 +223,17 @@ def test_append_other_backbone_refused(tmp_path, other):
     message = one_line(exc)
     assert str(path) in message
     assert "toy" in message and other.name in message
-    assert "224" in message and str(other.config) in message
+    assert "224" in message and str(other.config) in message and "another latent space" in message
     assert part_rows(path) == [1]
 
 
 def test_append_other_backbone_refused_with_writer(tmp_path):
     path = tmp_path / "lat"
     write_latents(path, ["a"], vectors(1), toy())
-    with pytest.raises(InputError, match=r"holds latents from backbone toy .*refusing to add vit"):
+    with pytest.raises(
+        InputError,
+        match=r"holds latents of toy .*another latent space than vit.*refusing to add them",
+    ):
         LatentWriter(path, toy("vit"))
 
 
@@ -317,6 +332,8 @@ def test_columns_named_like_reserved_are_ignored(tmp_path):
     write_latents(path, ["a"], vectors(1), toy(), columns=columns, sources=["s.png"])
     table = open_latents(path).to_table()
     assert table.column_names == ["id", "source", "keep", "embedding"]
+    stats = open_latents(path).to_table(["source_size", "source_mtime_ns"])  # by name
+    assert stats.column("source_size").null_count == 1  # no file behind these rows
     assert table.to_pylist()[0]["id"] == "a" and table.to_pylist()[0]["source"] == "s.png"
 
 
@@ -337,16 +354,19 @@ def test_numpy_ids_and_sources(tmp_path):
 # -- interruptions ----------------------------------------------------------------------
 
 
-def test_exception_discards_partial_part(tmp_path):
+def test_exception_keeps_the_rows_written_before_it(tmp_path):
+    # every row handed to write() was complete; the caller failing later (a plugin bug on
+    # the next batch) does not make them wrong, and a re-run resumes after them
     path = tmp_path / "lat"
     with (
         pytest.raises(RuntimeError, match="boom"),
         LatentWriter(path, toy(), row_group_rows=5) as w,
     ):
-        write_batches(w, [12])
+        expected = write_batches(w, [12])
         assert any(n.endswith(".tmp") for n in names(path))  # rows already in a temp part
         raise RuntimeError("boom")
-    assert names(path) == []
+    assert names(path) == ["part-00000.parquet"]
+    np.testing.assert_array_equal(open_latents(path).to_numpy(), expected)
 
 
 def test_exception_keeps_earlier_complete_parts(tmp_path):
@@ -354,9 +374,8 @@ def test_exception_keeps_earlier_complete_parts(tmp_path):
     with pytest.raises(ValueError), LatentWriter(path, toy(), rows_per_part=10) as writer:
         write_batches(writer, [10, 10, 4])
         raise ValueError("stop")
-    assert names(path) == ["part-00000.parquet", "part-00001.parquet"]
-    assert part_rows(path) == [10, 10]
-    assert len(open_latents(path)) == 20
+    assert names(path) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert part_rows(path) == [10, 10, 4]
 
 
 def test_keyboard_interrupt_keeps_rows(tmp_path):
@@ -398,7 +417,7 @@ def test_write_errors_accumulate(tmp_path):
         writer.write_errors([], [])  # nothing to record: no file
         writer.write_errors(["d.png"], ["empty file"])
     assert writer.errors_written == 3
-    assert names(path / "errors") == ["part-00000.parquet", "part-00001.parquet"]
+    assert names(path / "errors") == ["part-00000.parquet"]  # recorded, written together
     errors = open_latents(path).errors()
     assert list(errors.columns) == ["source", "reason"]
     assert errors.to_dict("records") == [
@@ -424,12 +443,13 @@ def test_write_errors_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", half_write)
+    writer.write_errors(["x.png", "y.png"], ["bad", "bad"])  # recorded, not written yet
     with pytest.raises(OSError, match="disk full"):
-        writer.write_errors(["x.png", "y.png"], ["bad", "bad"])
+        writer.flush_errors()
     assert not list((path / "errors").glob("part-*.parquet"))  # no half-written table
     assert len(open_latents(path).errors()) == 0
     monkeypatch.setattr(pq, "write_table", real_write_table)
-    writer.write_errors(["x.png", "y.png"], ["bad", "bad"])
+    writer.flush_errors()  # the failed flush kept them
     assert open_latents(path).errors()["source"].tolist() == ["x.png", "y.png"]
 
 
