@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -298,3 +300,24 @@ def test_cuda_uses_channels_last_and_autocast_but_returns_float32_cpu(batch):
         assert backbone.model.conv1.weight.is_cuda
         assert backbone.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
         assert cosine(out, expected).min() > min_cosine
+
+
+def test_random_weights_are_the_same_in_every_process():
+    # seeded by the model name: latents made with pretrained=False can be queried by image
+    # from another process, and Ray actors agree with each other
+    code = (
+        "import warnings, embedkit; warnings.simplefilter('ignore');"
+        "b = embedkit.load_backbone('timm/resnet18', pretrained=False, device='cpu');"
+        "print(b.weights_digest()); print(b.identified_info().identity['weights_origin'])"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    digests = [r.stdout.split() for r in runs]
+    assert digests[0] == digests[1] and digests[0][1].startswith("random:seed=")
+
+
+def test_random_weights_say_they_are_for_timing_only():
+    with pytest.warns(UserWarning, match="random weights .*not as features"):
+        embedkit.load_backbone("timm/resnet18", pretrained=False, device="cpu")
