@@ -109,11 +109,6 @@ def index_dir(latents: str | Path | LatentDataset) -> Path:
     return path / INDEX_DIR
 
 
-def _fingerprint(ds: LatentDataset) -> str:
-    fp = ds.fingerprint()
-    return fp if ds.expression is None else f"{fp}:filtered:{ds.expression}"
-
-
 def view_fingerprint(ds: LatentDataset) -> str:
     """The dataset's fingerprint, plus its filter for a filtered view: what an index (or a
     cached exact index) of exactly these rows records."""

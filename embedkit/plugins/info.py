@@ -55,6 +55,8 @@ class BackboneInfo:
             found.append(f"backbone {self.name} vs {other.name}")
         if self.dim != other.dim:
             found.append(f"dim {self.dim} vs {other.dim}")
+        if found:  # another backbone: its config and identity differ too, say no more
+            return found
         mine, theirs = self.space_config(), other.space_config()
         for key in sorted(set(mine) | set(theirs)):
             if mine.get(key) != theirs.get(key):
