@@ -35,11 +35,14 @@ def machine() -> dict:
     }
 
 
-def make_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> list[Path]:
-    """Photo-like JPEGs (smooth gradients plus noise), so decoding costs what it does in life."""
+def make_images(
+    folder: Path, n: int, size: int = 256, seed: int = 0, height: int | None = None
+) -> list[Path]:
+    """Photo-like JPEGs (smooth gradients plus noise), so decoding costs what it does in
+    life: ``size`` x ``size``, or ``size`` wide and ``height`` high."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    yy, xx = np.mgrid[0 : height or size, 0:size] / size
     paths = []
     for i in range(n):
         path = folder / f"img_{i:05d}.jpg"

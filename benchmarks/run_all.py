@@ -19,6 +19,7 @@ HERE = Path(__file__).parent
 # suite stays under 10 minutes on a 2-core CPU
 SCRIPTS = {
     "startup.py": ([], ["--repeats", "3"]),
+    "embed_scaling.py": ([], ["--large", "100000", "--repeats", "1"]),
     "embed_throughput.py": ([], ["--n", "64", "--repeats", "1"]),
     "embed_throughput.py --backbone pixels": (
         ["--backbone", "pixels", "--n", "2000"],

@@ -21,13 +21,22 @@ __all__ = ["EXIF_ORIENTATION", "as_rgb", "load_image", "load_image_resized", "lo
 EXIF_ORIENTATION = 0x0112
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
     """Open an image as RGB, honouring EXIF orientation; transparent areas become white.
+
+    Args:
+        path: the image file.
+        min_side: the fewest pixels a side must keep (a backbone's ``decode_size``): a
+            JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+            DCT scaling, far less work) while both sides stay >= ``min_side``. Images
+            below twice that size decode exactly as without it.
 
     Raises ``OSError``/``ValueError`` subclasses for unreadable files (callers record them).
     """
     image = Image.open(path)
     try:
+        if min_side and image.format == "JPEG":
+            image.draft(None, (min_side, min_side))
         image.load()  # decode now so truncated files fail here, not later
         converted = as_rgb(image)
     except BaseException:
@@ -63,7 +72,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_image_resized(path: str | os.PathLike, size: int | None) -> Image.Image:
     """:func:`load_image`, then resized to ``size`` x ``size`` (bilinear) unless None."""
-    image = load_image(path)
+    image = load_image(path, min_side=size)
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return image

@@ -60,9 +60,10 @@ def reason_of(exc: BaseException) -> str:
 class ImageDataset(Dataset):
     """Decodes (the one decoder) and preprocesses one image per item."""
 
-    def __init__(self, paths: list[str], preprocess: Callable):
+    def __init__(self, paths: list[str], preprocess: Callable, decode_size: int | None = None):
         self.paths = paths
         self.preprocess = preprocess
+        self.decode_size = decode_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -71,7 +72,7 @@ class ImageDataset(Dataset):
         path = self.paths[i]
         try:
             stat = os.stat(path)
-            image = load_image(path)
+            image = load_image(path, self.decode_size)
         except Exception as exc:  # a bad input: recorded, skipped
             return Decoded(i, None, None, reason_of(exc))
         try:

@@ -29,6 +29,7 @@ from embedkit.pipeline.steps import (
     no_image_read,
     start_run,
 )
+from embedkit.pipeline.writer_thread import WriterThread
 from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.registry import load_backbone
 
@@ -56,7 +57,7 @@ def embed_local(
         return run.result(0, 0, time.monotonic() - started)
     workers = default_num_workers() if options.num_workers is None else options.num_workers
     loader = DataLoader(
-        ImageDataset(run.rows["path"].tolist(), backbone.preprocess),
+        ImageDataset(run.rows["path"].tolist(), backbone.preprocess, backbone.decode_size),
         batch_size=options.batch_size,
         num_workers=workers,
         collate_fn=collate,
@@ -82,21 +83,25 @@ def _encode_all(
     errors = 0
     bar = tqdm(total=len(rows), unit="img", desc="embed", disable=not progress, smoothing=0.1)
     with writer:
-        batch: DecodedBatch
-        for batch in loader:
-            if batch.plugin_failure is not None:
-                index, reason = batch.plugin_failure
-                raise plugin_failure(backbone.name, "preprocess", str(paths[index]), reason)
-            writer.write_errors([paths[i] for i, _ in batch.errors], [r for _, r in batch.errors])
-            errors += len(batch.errors)
-            if batch.indices:
-                take = np.asarray(batch.indices)
-                vectors = _encode(backbone, batch.tensor, paths[take[0]], normalize)
-                carried = run.carried.iloc[take] if run.carried is not None else None
-                writer.write(ids[take], paths[take], vectors, carried, batch.stats)
-            bar.update(len(batch.indices) + len(batch.errors))
-            if batch.errors:
-                bar.set_postfix(errors=errors)
+        sink = WriterThread(writer)
+        try:
+            batch: DecodedBatch
+            for batch in loader:
+                if batch.plugin_failure is not None:
+                    index, reason = batch.plugin_failure
+                    raise plugin_failure(backbone.name, "preprocess", str(paths[index]), reason)
+                sink.write_errors([paths[i] for i, _ in batch.errors], [r for _, r in batch.errors])
+                errors += len(batch.errors)
+                if batch.indices:
+                    take = np.asarray(batch.indices)
+                    vectors = _encode(backbone, batch.tensor, paths[take[0]], normalize)
+                    carried = run.carried.iloc[take] if run.carried is not None else None
+                    sink.write(ids[take], paths[take], vectors, carried, batch.stats)
+                bar.update(len(batch.indices) + len(batch.errors))
+                if batch.errors:
+                    bar.set_postfix(errors=errors)
+        finally:
+            sink.finish()  # what was encoded is written, even when the run stops
     bar.close()
     return errors
 

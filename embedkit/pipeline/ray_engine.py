@@ -57,6 +57,7 @@ from embedkit.pipeline.steps import (
     no_image_read,
     start_run,
 )
+from embedkit.pipeline.writer_thread import WriterThread
 from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.info import BackboneInfo
 from embedkit.plugins.registry import load_backbone
@@ -99,12 +100,16 @@ def _model_bytes(backbone: Backbone) -> int:
 
 
 def _decode(
-    batch: dict[str, np.ndarray], preprocess: Callable, shape: tuple[int, ...], dtype: np.dtype
+    batch: dict[str, np.ndarray],
+    preprocess: Callable,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    decode_size: int | None = None,
 ) -> dict[str, np.ndarray]:
     """A Ray task: paths -> preprocessed pixels and file stats; an unreadable image gets an
     ``error`` reason, a failing ``preprocess`` is flagged ``fatal`` (the driver stops)."""
     worker_init()
-    images = ImageDataset([str(p) for p in batch["path"]], preprocess)
+    images = ImageDataset([str(p) for p in batch["path"]], preprocess, decode_size)
     decoded = collate([images[i] for i in range(len(images))])
     n = len(images)
     pixels = np.zeros((n, *shape), dtype=dtype)
@@ -194,7 +199,12 @@ def _pipeline(
         _decode,
         batch_size=batch_size,
         batch_format="numpy",
-        fn_kwargs={"preprocess": preprocess.preprocess, "shape": shape, "dtype": pixel_dtype},
+        fn_kwargs={
+            "preprocess": preprocess.preprocess,
+            "shape": shape,
+            "dtype": pixel_dtype,
+            "decode_size": backbone.decode_size,
+        },
         num_cpus=plan["decode_cpus"],
         **task_pool(ray, options.num_workers),
     )
@@ -294,21 +304,26 @@ def _write_all(data: Any, run: PendingRun, backbone_name: str, progress: bool) -
     errors = 0
     bar = tqdm(total=len(ids), unit="img", desc="embed", disable=not progress, smoothing=0.1)
     with run.writer:
-        for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
-            if batch["fatal"].any():
-                at = int(np.flatnonzero(batch["fatal"])[0])
-                where = str(paths[batch["row"][at]])
-                raise plugin_failure(backbone_name, "preprocess", where, str(batch["error"][at]))
-            good = np.asarray([not e for e in batch["error"]], dtype=bool)
-            take, failed = batch["row"][good], batch["row"][~good]
-            run.writer.write_errors(paths[failed], list(map(str, batch["error"][~good])))
-            errors += len(failed)
-            if len(take):
-                carried = run.carried.iloc[take] if run.carried is not None else None
-                stats = (batch["size"][good], batch["mtime"][good])
-                run.writer.write(ids[take], paths[take], batch["embedding"][good], carried, stats)
-            bar.update(len(good))
-            if len(failed):
-                bar.set_postfix(errors=errors)
+        sink = WriterThread(run.writer)
+        try:
+            for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+                if batch["fatal"].any():
+                    at = int(np.flatnonzero(batch["fatal"])[0])
+                    where = str(paths[batch["row"][at]])
+                    reason = str(batch["error"][at])
+                    raise plugin_failure(backbone_name, "preprocess", where, reason)
+                good = np.asarray([not e for e in batch["error"]], dtype=bool)
+                take, failed = batch["row"][good], batch["row"][~good]
+                sink.write_errors(paths[failed], list(map(str, batch["error"][~good])))
+                errors += len(failed)
+                if len(take):
+                    carried = run.carried.iloc[take] if run.carried is not None else None
+                    stats = (batch["size"][good], batch["mtime"][good])
+                    sink.write(ids[take], paths[take], batch["embedding"][good], carried, stats)
+                bar.update(len(good))
+                if len(failed):
+                    bar.set_postfix(errors=errors)
+        finally:
+            sink.finish()  # what was encoded is written, even when the run stops
     bar.close()
     return errors

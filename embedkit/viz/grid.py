@@ -21,7 +21,7 @@ TEXT = (40, 40, 40)
 def load_thumbnail(path: str | os.PathLike, size: int) -> Image.Image | None:
     """An image fitted into a ``size`` square, or None when it cannot be read."""
     try:
-        image = load_image(path)
+        image = load_image(path, min_side=size)
     except Exception:  # a grid shows a grey cell rather than failing on one bad file
         return None
     image.thumbnail((size, size), Image.Resampling.LANCZOS)

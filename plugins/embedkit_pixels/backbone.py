@@ -18,6 +18,9 @@ class PixelsBackbone(Backbone):
     def __init__(self, size: int = 8, device: str | None = None):
         super().__init__(device=device)
         self.size = int(size)
+        # a JPEG is decoded at 1/8 scale or less only while it keeps 4x the pixels it is
+        # resized to: the bilinear resize still averages over several decoded pixels
+        self.decode_size = 4 * self.size
         self._info = BackboneInfo(name="pixels", dim=3 * self.size**2, config={"size": self.size})
 
     @property
@@ -25,8 +28,9 @@ class PixelsBackbone(Backbone):
         return self._info
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """uint8 ``[3, size, size]``: :meth:`finish_preprocess` scales it to [0, 1]."""
         small = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return pil_to_tensor(small).float().div_(255)
+        return pil_to_tensor(small)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.flatten(1)

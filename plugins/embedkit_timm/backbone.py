@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from PIL import Image
+from torchvision.transforms import Compose
+from torchvision.transforms.functional import pil_to_tensor
 
 from embedkit.errors import BackboneError, BackboneNotFound
 from embedkit.plugins.backbone import Backbone
@@ -23,6 +27,10 @@ from embedkit_timm.weights import load_weights
 @lru_cache(maxsize=1)
 def _all_model_names() -> tuple[str, ...]:
     return tuple(timm.list_models())
+
+
+#: the to-tensor steps of a timm eval transform (torchvision's and timm's own)
+TO_TENSOR = ("ToTensor", "MaybeToTensor")
 
 
 def name_seed(model_name: str) -> int:
@@ -89,6 +97,10 @@ class TimmBackbone(Backbone):
         )
         data_config = timm.data.resolve_model_data_config(self.model)
         self.transform = timm.data.create_transform(**data_config, is_training=False)
+        # the eval transform resizes the shorter side to input / crop_pct, then crops
+        side = min(data_config["input_size"][1:])
+        self.decode_size = math.floor(side / data_config.get("crop_pct", 1.0))
+        self._split_transform()
 
     def _create(self) -> torch.nn.Module:
         try:
@@ -152,7 +164,29 @@ class TimmBackbone(Backbone):
         return {"timm": timm.__version__, "weights_origin": origin}
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image.convert("RGB"))
+        """The model's eval transform; as ``uint8`` (resize and crop only) when the rest
+        of it is the plain to-tensor and normalize that :meth:`finish_preprocess` does."""
+        if self.pil_ops is None:
+            return self.transform(image.convert("RGB"))
+        return pil_to_tensor(self.pil_ops(image.convert("RGB")))
+
+    def _split_transform(self) -> None:
+        """Keep the PIL steps of the eval transform in the workers and do to-tensor and
+        normalize in the model's process, if that gives the same input (checked)."""
+        self.pil_ops = None
+        steps = list(getattr(self.transform, "transforms", []))
+        names = [type(t).__name__ for t in steps]
+        if len(steps) < 2 or names[-1] != "Normalize" or names[-2] not in TO_TENSOR:
+            return
+        self.input_mean = tuple(float(v) for v in steps[-1].mean)
+        self.input_std = tuple(float(v) for v in steps[-1].std)
+        pil_ops = Compose(steps[:-2])
+        probe = Image.fromarray(
+            np.random.default_rng(0).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+        )
+        split = self.finish_preprocess(pil_to_tensor(pil_ops(probe))[None])[0]
+        if torch.allclose(split, self.transform(probe), atol=1e-5):
+            self.pil_ops = pil_ops
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.layers is None:

@@ -43,6 +43,7 @@ class AutoencoderBackbone(Backbone):
                 f"{checkpoint_dir} was trained with `embedkit train {self.config.kind}`; "
                 f"load it as {self.config.kind}:{checkpoint_dir}"
             )
+        self.decode_size = self.config.image_size
         self._info = BackboneInfo(
             name=f"{self.config.kind}:{self.run_dir}",
             dim=self.config.latent_dim,

@@ -241,11 +241,17 @@ def test_preprocess_matches_timm_transform(model):
     image = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8), mode="RGB")
     ours = backbone.preprocess(image)
     assert ours.shape == (3, *config["input_size"][1:])
-    assert ours.dtype == torch.float32
-    assert torch.equal(ours, transform(image))
+    # workers send uint8 (4x fewer bytes); the model's process finishes the transform
+    assert ours.dtype == torch.uint8
+    assert torch.equal(backbone.finish_preprocess(ours[None])[0], transform(image))
     # non-RGB input is converted first
     gray = image.convert("L")
-    assert torch.equal(backbone.preprocess(gray), transform(gray.convert("RGB")))
+    finished = backbone.finish_preprocess(backbone.preprocess(gray)[None])[0]
+    assert torch.equal(finished, transform(gray.convert("RGB")))
+    # and encode() accepts the uint8 batch as it is
+    batch = torch.stack([backbone.preprocess(image), backbone.preprocess(gray)])
+    floats = torch.stack([transform(image), transform(gray.convert("RGB"))])
+    torch.testing.assert_close(backbone.encode(batch), backbone.encode(floats))
 
 
 # -- errors ------------------------------------------------------------------------------------
