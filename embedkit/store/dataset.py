@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
 from embedkit.plugins.info import BackboneInfo
+from embedkit.store.cache import cache_mode, load_cache, remove_stale, write_cache
 from embedkit.store.format import (
     EMBEDDING,
     FILE_STAT_COLUMNS,
@@ -28,10 +28,22 @@ from embedkit.store.format import (
     read_meta,
     vectors_from_column,
 )
+from embedkit.store.vectors import (
+    PartsChanged,
+    PartStat,
+    VectorRead,
+    fingerprint_of,
+    part_stats,
+    read_columns,
+    read_vectors,
+)
 
 __all__ = ["LatentBatch", "LatentDataset", "open_latents"]
 
 HIDDEN_COLUMNS = frozenset({EMBEDDING, *FILE_STAT_COLUMNS})
+#: reads start again when a part is replaced while they run; then they give up
+READ_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 class LatentBatch(NamedTuple):
@@ -56,10 +68,13 @@ def _equals_filter(equals: dict[str, Any]) -> pc.Expression:
 class LatentDataset:
     """A read-only view of a latent dataset, optionally filtered.
 
+    ``cache`` is the vector cache setting (``"auto"``, ``"on"``, ``"off"``; see
+    ``store/cache.py``).
+
     Example:
         >>> ds = open_latents("latents/")
         >>> ds.dim, len(ds), ds.backbone.name
-        >>> X = ds.to_numpy()                     # [N, D] float32
+        >>> X = ds.to_numpy()                     # [N, D] float32, read-only
         >>> red = ds.filter(color="red")          # a filtered view
     """
 
@@ -69,11 +84,13 @@ class LatentDataset:
         files: Sequence[Path],
         meta: LatentMeta,
         expression: pc.Expression | None = None,
+        cache: bool | str | None = None,
     ):
         self.path = Path(path)
         self.files = list(files)
         self.meta = meta
         self.expression = expression
+        self.cache = cache_mode(cache)
 
     # -- metadata -----------------------------------------------------------
     @property
@@ -117,12 +134,7 @@ class LatentDataset:
         """Changes whenever a part is added, removed or rewritten: it covers each part's
         name, size, row count, modification time and inode (a stat and the Parquet footer,
         never the data), so a same-size rewrite or a file renamed over a part counts."""
-        digest = hashlib.sha256()
-        for f in self.files:
-            st = f.stat()
-            rows = pq.ParquetFile(f).metadata.num_rows
-            digest.update(f"{f.name}:{st.st_size}:{rows}:{st.st_mtime_ns}:{st.st_ino};".encode())
-        return digest.hexdigest()[:16]
+        return fingerprint_of(part_stats(self.files))
 
     # -- views --------------------------------------------------------------
     def filter(self, expression: pc.Expression | None = None, **equals: Any) -> LatentDataset:
@@ -136,7 +148,11 @@ class LatentDataset:
         for term in (expression, _equals_filter(equals) if equals else None):
             if term is not None:
                 expr = term if expr is None else expr & term
-        return LatentDataset(self.path, self.files, self.meta, expr)
+        return LatentDataset(self.path, self.files, self.meta, expr, self.cache)
+
+    def with_cache(self, cache: bool | str | None) -> LatentDataset:
+        """The same view with another vector cache setting."""
+        return LatentDataset(self.path, self.files, self.meta, self.expression, cache)
 
     # -- reads --------------------------------------------------------------
     def to_table(self, columns: Sequence[str] | None = None) -> pa.Table:
@@ -152,30 +168,24 @@ class LatentDataset:
         return self.dataset.to_table(columns=wanted, filter=self.expression)
 
     def to_numpy(self) -> np.ndarray:
-        """All vectors as ``[N, D]`` (float32 or float16 as stored), with no per-row Python."""
-        return vectors_from_column(self.to_table([EMBEDDING]).column(EMBEDDING), self.dim)
+        """All vectors as ``[N, D]`` (float32 or float16 as stored), read-only: a memory
+        map of the vector cache, or read straight from the parts' pages (copy it before
+        writing into it)."""
+        vectors = self._retrying(self._read_vectors)
+        vectors.flags.writeable = False
+        return vectors
 
     def ids(self) -> np.ndarray:
         """Row ids in storage order (the order of :meth:`to_numpy`)."""
         return self.to_table(["id"]).column("id").to_numpy(zero_copy_only=False)
 
     def vectors_of(self, ids: Sequence[Any]) -> np.ndarray:
-        """The stored vectors of ``ids`` in the order given (repeats allowed), read with
-        one filtered scan rather than loading the whole dataset."""
+        """The stored vectors of ``ids`` in the order given (repeats allowed), as a new
+        array; only their rows are read (the id column, then their pages)."""
         wanted = [str(i) for i in ids]
         if not wanted:
             return np.zeros((0, self.dim), dtype=np.float32)
-        expr = pc.field("id").isin(wanted)
-        if self.expression is not None:
-            expr = expr & self.expression
-        table = self.dataset.to_table(columns=["id", EMBEDDING], filter=expr)
-        where = pc.index_in(pa.array(wanted, pa.string()), value_set=table.column("id"))
-        if where.null_count:
-            missing = where.is_null().to_numpy(zero_copy_only=False)
-            raise InputError(
-                missing_ids_message([wanted[i] for i in np.flatnonzero(missing)], self.path)
-            )
-        return vectors_from_column(table.column(EMBEDDING).take(where), self.dim)
+        return self._retrying(lambda: self._read_vectors_of(wanted))
 
     def to_pandas(
         self, columns: Sequence[str] | None = None, embedding: bool = True
@@ -211,15 +221,96 @@ class LatentDataset:
                 table=table.drop_columns([EMBEDDING]),
             )
 
+    # -- vectors from the parts or the cache ---------------------------------
+    def _retrying(self, read: Callable[[], T]) -> T:
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                return read()
+            except PartsChanged:
+                continue  # a part was replaced under us: describe the parts again
+        try:
+            return read()
+        except PartsChanged as exc:
+            raise InputError(
+                f"{exc} kept changing while it was read; try again once writes to "
+                f"{self.path} are done"
+            ) from None
+
+    def _read_vectors(self) -> np.ndarray:
+        stats = part_stats(self.files)
+        rows = None
+        if self.expression is not None:
+            table = read_columns(stats, self._filter_columns(["id"]))
+            rows = table.filter(self.expression).column("__row").to_numpy()
+        cached = self._cached(stats)
+        if cached is not None:
+            return cached if rows is None else cached[rows]
+        read = read_vectors(stats, self.dim, self.meta.dtype, rows)
+        if rows is None:
+            self._refresh_cache(stats, read)
+        return read.vectors
+
+    def _read_vectors_of(self, wanted: list[str]) -> np.ndarray:
+        stats = part_stats(self.files)
+        table = read_columns(stats, self._filter_columns(["id"]))
+        value_set = pa.array(sorted(set(wanted)), pa.string())
+        table = table.filter(pc.is_in(table.column("id"), value_set=value_set))
+        if self.expression is not None:
+            table = table.filter(self.expression)
+        where = pc.index_in(pa.array(wanted, pa.string()), value_set=table.column("id"))
+        if where.null_count:
+            missing = where.is_null().to_numpy(zero_copy_only=False)
+            raise InputError(
+                missing_ids_message([wanted[i] for i in np.flatnonzero(missing)], self.path)
+            )
+        rows = table.column("__row").to_numpy()[where.to_numpy()]
+        unique, inverse = np.unique(rows, return_inverse=True)
+        cached = self._cached(stats)
+        if cached is not None:
+            return cached[unique][inverse]
+        return read_vectors(stats, self.dim, self.meta.dtype, unique).vectors[inverse]
+
+    def _filter_columns(self, needed: list[str]) -> list[str]:
+        """``needed``, and every column but the vectors when the view has a filter (which
+        may name any of them)."""
+        if self.expression is None:
+            return needed
+        return [n for n in self.schema.names if n != EMBEDDING]
+
+    def _cached(self, stats: list[PartStat]) -> np.ndarray | None:
+        if self.cache == "off" or not stats:
+            return None
+        shape = (sum(s.rows for s in stats), self.dim)
+        newest = max(s.mtime_ns for s in stats)
+        dtype = np.dtype(self.meta.dtype)
+        return load_cache(self.path, fingerprint_of(stats), shape, dtype, newest)
+
+    def _refresh_cache(self, stats: list[PartStat], read: VectorRead) -> None:
+        """After a full read: cache it if the setting says so (``auto``: when Arrow had to
+        decode), and delete every other cache file, all stale now."""
+        if self.cache == "off" or not stats:
+            return
+        written = None
+        if self.cache == "on" or read.decoded:
+            newest = max(s.mtime_ns for s in stats)
+            written = write_cache(self.path, fingerprint_of(stats), read.vectors, newest)
+        remove_stale(self.path, keep=written.name if written else None)
+
     def errors(self) -> pd.DataFrame:
         """Inputs that could not be embedded: ``source``, ``reason``."""
         return read_errors(self.path)
 
 
-def open_latents(path: str | Path | LatentDataset) -> LatentDataset:
-    """Open a latent dataset folder written by :func:`embedkit.embed` or :func:`write_latents`."""
+def open_latents(
+    path: str | Path | LatentDataset, cache: bool | str | None = None
+) -> LatentDataset:
+    """Open a latent dataset folder written by :func:`embedkit.embed` or :func:`write_latents`.
+
+    ``cache``: the vector cache, ``"auto"``, True (``"on"``) or False (``"off"``); None
+    reads ``$EMBEDKIT_VECTOR_CACHE`` (default ``auto``). See docs/embedding.md, Reading.
+    """
     if isinstance(path, LatentDataset):
-        return path
+        return path if cache is None else path.with_cache(cache)
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"latent dataset {path} does not exist; create it with `embedkit embed`")
@@ -236,4 +327,4 @@ def open_latents(path: str | Path | LatentDataset) -> LatentDataset:
                 f"{files[0].name} by {meta.backbone.name} (dim {meta.dim}); "
                 "a dataset must hold one backbone's latents"
             )
-    return LatentDataset(path, files, meta)
+    return LatentDataset(path, files, meta, cache=cache)
