@@ -9,7 +9,10 @@ import click
 @click.argument("latents")
 @click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
 @click.option(
-    "--kind", default="auto", show_default=True, help="auto|flat|ivf|hnsw|ivfpq or a faiss factory."
+    "--kind",
+    default="auto",
+    show_default=True,
+    help="auto|flat|ivf|hnsw|ivfpq|ivfsq or a faiss factory.",
 )
 @click.option("--memory-budget", default=None, help="Bytes the index may use, e.g. 2GB.")
 @click.option("--recall-sample", default=1000, show_default=True, help="Queries for recall@10.")
@@ -35,9 +38,23 @@ def index_command(
     )
     info = built.info
     recall = "not measured" if info.recall is None else f"{info.recall:.3f}"
+    if info.recall_lower is not None:
+        recall += f" (bound {info.recall_lower:.3f} >= {info.target_recall}?"
+        recall += " yes)" if info.recall_lower >= info.target_recall else " no)"
     recall = "exact" if info.kind == "flat" else recall
     params = " ".join(f"{k}={v}" for k, v in info.params.items()) or "-"
     click.echo(f"kind       {info.kind} ({info.factory}, {info.metric}) - {info.reason}")
+    if info.selection:
+        sel = info.selection
+        measured = ", ".join(
+            f"{c['kind']} {c['qps_predicted']:,.0f} q/s (recall {c['recall']:.3f})"
+            + ("" if c["reached"] else " short")
+            for c in sel["candidates"]
+        )
+        click.echo(
+            f"chosen     by measurement on {sel['sample_rows']:,} rows in {sel['seconds']:.1f}s: "
+            f"{measured}"
+        )
     click.echo(f"ntotal     {info.ntotal:,}  dim {info.dim}")
     click.echo(f"recall@{info.k:<3} {recall}  params {params}")
     click.echo(f"built in   {info.build_seconds:.1f}s on {info.built_on}")

@@ -1,21 +1,22 @@
 """Building a FAISS index over a latent dataset, in named steps:
 
-plan (choose the index, draw training and recall-query rows) -> sample pass (collect
-them, train) -> add pass (add the rest, exact ground truth for the queries on the way)
--> tune (raise search parameters until recall is reached) -> save.
+plan (choose the index: for ``auto``, by measuring candidates on a sample, see
+:mod:`embedkit.index.select`; draw training and recall-query rows) -> sample pass
+(collect them, train) -> add pass (add the rest, exact ground truth for the queries on
+the way) -> tune (raise search parameters until the recall bound reaches the target) ->
+final add (the held-out rows, in two halves with a recall check between) -> save.
 
-Vectors stream from the Parquet parts; nothing holds the whole dataset in memory but
-the index itself. The ``auto`` rules are in :mod:`embedkit.index.choose`.
-"""
+Vectors stream from the Parquet parts; nothing holds the whole dataset in memory but the
+index itself (and bounded samples). ``auto``'s candidates are in :mod:`~.choose`."""
 
 from __future__ import annotations
 
 import json
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -24,19 +25,36 @@ from tqdm import tqdm
 
 from embedkit.errors import InputError
 from embedkit.index.choose import (
-    MAX_TRAIN_ROWS,
-    TRAIN_POINTS_PER_CENTROID,
     IndexChoice,
+    candidate_choices,
     choose_index,
     factory_for_kind,
     parse_memory,
+    train_rows,
 )
 from embedkit.index.gpu import GpuHelper, to_gpu, use_gpu
 from embedkit.index.info import IndexInfo, view_fingerprint
 from embedkit.index.loaded import LoadedIndex
-from embedkit.index.metric import METRICS, prepare_vectors
+from embedkit.index.metric import METRICS
 from embedkit.index.persist import save_index
-from embedkit.index.tune import set_params, tune, untuned_params
+from embedkit.index.select import (
+    Selection,
+    collect_rows,
+    measures_auto,
+    progress_bar,
+    sample_positions,
+    select_index,
+    stream_batches,
+)
+from embedkit.index.tune import (
+    AfterAdd,
+    Truth,
+    Tuned,
+    add_held_out,
+    set_params,
+    tune,
+    untuned_params,
+)
 from embedkit.store.dataset import LatentDataset, open_latents
 from embedkit.version import __version__
 
@@ -61,16 +79,11 @@ class BuildPlan:
     gpu: bool
     budget: int | None
     fingerprint: str
+    selection: Selection | None = None
 
     @property
     def exact(self) -> bool:
         return self.choice.factory == "Flat"
-
-
-def _resolve_choice(kind: str, n: int, dim: int, budget: int | None, gpu: bool) -> IndexChoice:
-    if kind == "auto":
-        return choose_index(n, dim, budget, gpu)
-    return factory_for_kind(kind, n, dim, budget)
 
 
 def _new_index(choice: IndexChoice, dim: int, metric: str) -> faiss.Index:
@@ -79,8 +92,8 @@ def _new_index(choice: IndexChoice, dim: int, metric: str) -> faiss.Index:
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "invalid"
         raise InputError(
-            f"unknown index kind {choice.factory!r}: use auto, flat, ivf, hnsw, ivfpq or a "
-            f"faiss factory string such as 'IVF256,SQ8' (faiss: {reason})"
+            f"unknown index kind {choice.factory!r}: use auto, flat, ivf, hnsw, ivfpq, ivfsq or "
+            f"a faiss factory string such as 'IVF256,SQ8' (faiss: {reason})"
         ) from None
 
 
@@ -88,8 +101,7 @@ def _train_rows(index: faiss.Index, n: int) -> int:
     if index.is_trained:
         return 0
     ivf = faiss.try_extract_index_ivf(index)
-    wanted = TRAIN_POINTS_PER_CENTROID * ivf.nlist if ivf is not None else 65_536
-    return int(min(n, max(wanted, 10_000), MAX_TRAIN_ROWS))
+    return train_rows(n, ivf.nlist if ivf is not None else None)
 
 
 def plan_build(
@@ -100,8 +112,12 @@ def plan_build(
     recall_sample: int = 1000,
     k: int = 10,
     gpu: bool | None = None,
+    target_recall: float = TARGET_RECALL,
+    progress: bool = False,
+    batch_size: int = 65_536,
 ) -> BuildPlan:
-    """Check the arguments, choose the index and draw the training and query rows."""
+    """Check the arguments, choose the index (``auto``: by measurement, see
+    :func:`measures_auto`) and draw the training and query rows."""
     ds = open_latents(latents)
     if metric not in METRICS:
         raise InputError(f"metric {metric!r} is not supported; use cosine or l2")
@@ -113,7 +129,17 @@ def plan_build(
     if n == 0:
         raise InputError(f"no rows to index in {ds.path} (empty dataset or filter matched none)")
     on_gpu = use_gpu(gpu)
-    choice = _resolve_choice(kind, n, ds.dim, budget, on_gpu)
+    selection = None
+    if measures_auto(kind, n, ds.dim, on_gpu, recall_sample):  # measure on a sample
+        ((sample, _),) = collect_rows(ds, metric, [sample_positions(n, ds.dim)], progress,
+                                      batch_size, "select")  # fmt: skip
+        choices = candidate_choices(n, ds.dim, budget)
+        selection = select_index(sample, n, metric, k, target_recall, choices, progress)
+        choice = selection.choice
+    elif kind == "auto":
+        choice = choose_index(n, ds.dim, budget, on_gpu)
+    else:
+        choice = factory_for_kind(kind, n, ds.dim, budget)
     index = _new_index(choice, ds.dim, metric)
     rng = np.random.default_rng(0)
     exact = choice.factory == "Flat"
@@ -122,29 +148,9 @@ def plan_build(
     n_train = _train_rows(index, n)
     train_pos = np.sort(rng.choice(n, n_train, replace=False))
     return BuildPlan(
-        ds, metric, kind, k, choice, index, n, query_pos, train_pos, on_gpu, budget, fingerprint
-    )
-
-
-def _batches(
-    ds: LatentDataset, metric: str, batch_size: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """``(offset, ids, prepared vectors)`` for each streamed batch."""
-    offset = 0
-    for batch in ds.iter_batches(batch_size=batch_size):
-        vectors = prepare_vectors(batch.vectors, metric, f"latents in {ds.path}")
-        yield offset, np.asarray(batch.ids, dtype=object), vectors
-        offset += len(vectors)
-
-
-def _take_positions(positions: np.ndarray, offset: int, values: np.ndarray) -> np.ndarray:
-    """The entries of one batch (starting at row ``offset``) at the sorted ``positions``."""
-    lo, hi = np.searchsorted(positions, [offset, offset + len(values)])
-    return values[positions[lo:hi] - offset]
-
-
-def _bar(progress: bool, total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=not progress)
+        ds, metric, kind, k, choice, index, n, query_pos, train_pos, on_gpu, budget, fingerprint,
+        selection,
+    )  # fmt: skip
 
 
 def sample_pass(
@@ -152,23 +158,14 @@ def sample_pass(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1: collect the training sample (and train ``work``) and the recall queries.
     Returns the queries and their ids."""
-    ds, dim = plan.ds, plan.ds.dim
-    if not len(plan.train_pos) and not len(plan.query_pos):
-        return np.zeros((0, dim), np.float32), np.array([], dtype=object)
-    train, queries, query_ids = [], [], []
-    with _bar(progress, plan.n, "sample") as bar:
-        for offset, ids, vectors in _batches(ds, plan.metric, batch_size):
-            train.append(_take_positions(plan.train_pos, offset, vectors))
-            queries.append(_take_positions(plan.query_pos, offset, vectors))
-            query_ids.append(_take_positions(plan.query_pos, offset, ids))
-            bar.update(len(vectors))
+    (train, _), held = collect_rows(
+        plan.ds, plan.metric, [plan.train_pos, plan.query_pos], progress, batch_size
+    )
     if len(plan.train_pos):
-        sample = np.concatenate(train)
-        del train
         if progress:
-            tqdm.write(f"training {plan.choice.factory} on {len(sample):,} vectors")
-        work.train(sample)
-    return np.concatenate(queries), np.concatenate(query_ids)
+            tqdm.write(f"training {plan.choice.factory} on {len(train):,} vectors")
+        work.train(train)
+    return held
 
 
 def add_pass(
@@ -178,17 +175,18 @@ def add_pass(
     gpu: GpuHelper | None,
     progress: bool,
     batch_size: int,
-) -> tuple[list[np.ndarray], np.ndarray | None]:
+) -> tuple[list[np.ndarray], Truth | None]:
     """Pass 2: add every row but the queries to ``work``, computing the queries' exact
     k nearest neighbours on the way. Returns the ids in faiss row order and the true
-    neighbours (faiss rows; None without queries)."""
+    neighbours with their distances (None without queries)."""
     k_eff = min(plan.k, plan.n - len(queries))
+    kk = min(2 * plan.k, plan.n - len(queries))  # k and as many more: ties past the k-th
     keep_max = plan.metric == "cosine"
-    heap = faiss.ResultHeap(len(queries), k_eff, keep_max=keep_max) if len(queries) else None
+    heap = faiss.ResultHeap(len(queries), kk, keep_max=keep_max) if len(queries) else None
     id_parts: list[np.ndarray] = []
     added = 0
-    with _bar(progress, plan.n, "add") as bar:
-        for offset, ids, vectors in _batches(plan.ds, plan.metric, batch_size):
+    with progress_bar(progress, plan.n, "add") as bar:
+        for offset, ids, vectors in stream_batches(plan.ds, plan.metric, batch_size):
             bar.update(len(vectors))
             if heap is not None:  # hold the query rows back
                 lo, hi = np.searchsorted(plan.query_pos, [offset, offset + len(vectors)])
@@ -200,13 +198,13 @@ def add_pass(
             work.add(vectors)
             id_parts.append(ids)
             if heap is not None:
-                dist, found = _knn(queries, vectors, min(k_eff, len(vectors)), plan.metric, gpu)
+                dist, found = _knn(queries, vectors, min(kk, len(vectors)), plan.metric, gpu)
                 heap.add_result(dist, found + added)
             added += len(vectors)
     if heap is None:
         return id_parts, None
     heap.finalize()
-    return id_parts, heap.I
+    return id_parts, Truth.from_knn(queries, heap.D, heap.I, k_eff, keep_max)
 
 
 def _knn(
@@ -221,26 +219,18 @@ def tune_pass(
     plan: BuildPlan,
     work: faiss.Index,
     queries: np.ndarray,
-    truth: np.ndarray | None,
+    truth: Truth | None,
     on_gpu: bool,
     target_recall: float,
-) -> tuple[dict[str, float], float | None]:
+) -> Tuned | None:
     """Search parameters and the recall they reach (None: not measured)."""
     if plan.exact:
-        return {}, 1.0
-    k_eff = min(plan.k, plan.n - len(queries))
+        return Tuned({}, 1.0, 1.0, np.ones(0))
     if truth is None:  # recall not measured: generous defaults
-        params = untuned_params(work, k_eff)
-        set_params(work, params)
-        return params, None
-    params, recall = tune(work, queries, truth, k_eff, target_recall, on_gpu)
-    if recall < target_recall:
-        warnings.warn(
-            f"{plan.choice.factory} reaches recall@{plan.k}={recall:.3f} < {target_recall}; "
-            "use kind='ivf' or 'hnsw' or a larger memory budget",
-            stacklevel=3,
-        )
-    return params, recall
+        set_params(work, untuned_params(work, plan.k))
+        return None
+    warn = None if plan.selection is not None else plan.choice.factory  # auto: _fallback
+    return tune(work, queries, truth, target_recall, on_gpu, warn=warn)
 
 
 def build_index(
@@ -260,15 +250,17 @@ def build_index(
 
     Vectors are streamed from the Parquet parts (two passes for trained or approximate
     indexes: a sample pass, then an add pass that also computes exact ground truth for
-    ``recall_sample`` query rows). Approximate indexes get ``nprobe``/``efSearch``/
-    ``k_factor_rf`` raised until recall@k >= ``target_recall``.
+    ``recall_sample`` query rows; ``auto`` measures its candidates on a sample first, see
+    :mod:`embedkit.index.select`). Approximate indexes get ``nprobe``/``efSearch``/
+    ``k_factor_rf`` raised until the lower confidence bound of recall@k reaches the target.
 
     Args:
         latents: a latent dataset folder or :class:`LatentDataset`.
         metric: ``"cosine"`` (normalize, inner product) or ``"l2"`` (squared L2).
-        kind: ``auto``, ``flat``, ``ivf``, ``hnsw``, ``ivfpq`` or any faiss factory string.
+        kind: ``auto``, ``flat``, ``ivf``, ``hnsw``, ``ivfpq``, ``ivfsq`` or a faiss factory.
         memory_budget: bytes (or ``"2GB"``) the index may use; steers ``auto``/``ivfpq``.
-        recall_sample: query rows drawn from the data to measure recall (0: skip).
+        recall_sample: query rows drawn from the data to measure recall (0: skip; then
+            ``auto`` follows its rules instead of measuring).
         k: the k of recall@k.
         gpu: ``None`` uses a GPU when faiss sees one, ``False`` forces CPU.
         progress: show tqdm progress bars.
@@ -281,8 +273,27 @@ def build_index(
         >>> idx.info.kind, idx.info.recall, idx.info.params
     """
     start = time.perf_counter()
-    plan = plan_build(latents, metric, kind, memory_budget, recall_sample, k, gpu)
+    plan = plan_build(
+        latents, metric, kind, memory_budget, recall_sample, k, gpu, target_recall, progress,
+        batch_size,
+    )  # fmt: skip
     save = _should_save(plan.ds, save)
+    loaded = _build(plan, progress, batch_size, target_recall, recall_sample)
+    while (fallback := _fallback(plan, loaded.info)) is not None:  # auto's pick fell short
+        if progress:
+            tqdm.write(f"{loaded.info.factory} fell short on all rows; building {fallback.factory}")
+        plan, loaded = _with_choice(plan, fallback), None  # frees the one that fell short
+        loaded = _build(plan, progress, batch_size, target_recall, recall_sample)
+    loaded.info.build_seconds = round(time.perf_counter() - start, 3)
+    if save:
+        loaded.path = save_index(loaded)
+    return loaded
+
+
+def _build(
+    plan: BuildPlan, progress: bool, batch_size: int, target_recall: float, recall_sample: int
+) -> LoadedIndex:
+    """Train, fill and tune the planned index; the held-out rows go in last, checked."""
     helper = GpuHelper() if plan.gpu else None
     work, on_gpu = plan.index, False  # work: the index trained, filled and tuned
     if helper is not None:
@@ -293,20 +304,44 @@ def build_index(
             helper.clustering_index(plan.index)  # at least the k-means runs on the GPU
     queries, query_ids = sample_pass(plan, work, progress, batch_size)
     id_parts, truth = add_pass(plan, work, queries, helper, progress, batch_size)
-    params, recall = tune_pass(plan, work, queries, truth, on_gpu, target_recall)
-    if len(queries):
-        work.add(queries)  # the held-out rows go in last
+    tuned = tune_pass(plan, work, queries, truth, on_gpu, target_recall)
+    check = AfterAdd()
+    if truth is not None and tuned is not None:
+        knn = partial(_knn, metric=plan.metric, gpu=helper)
+        tuned, check, order = add_held_out(work, queries, truth, tuned, knn, target_recall, on_gpu)
+        id_parts.extend(query_ids[part] for part in order)
+    elif len(queries):
+        work.add(queries)
         id_parts.append(query_ids)
-    if progress and recall is not None:
-        tqdm.write(f"recall@{k} = {recall:.3f} with {params or 'exact search'}")
-    info = _info(plan, params, recall, len(queries), recall_sample, target_recall, on_gpu)
-    info.ntotal = int(work.ntotal)
-    info.build_seconds = round(time.perf_counter() - start, 3)
+    if progress and tuned is not None:
+        tqdm.write(f"recall@{plan.k} = {tuned.recall:.3f} with {tuned.params or 'exact search'}")
+    info = _info(plan, tuned, check, len(queries), recall_sample, target_recall, on_gpu, work)
     ids = np.concatenate(id_parts) if id_parts else np.array([], dtype=object)
-    loaded = LoadedIndex(index=work, ids=ids, info=info, dataset=plan.ds, on_gpu=on_gpu)
-    if save:
-        loaded.path = save_index(loaded)
-    return loaded
+    return LoadedIndex(index=work, ids=ids, info=info, dataset=plan.ds, on_gpu=on_gpu)
+
+
+def _fallback(plan: BuildPlan, info: IndexInfo) -> IndexChoice | None:
+    """auto's next candidate when the one built fell short of the target on all rows."""
+    lower = info.recall_lower
+    if plan.selection is None or lower is None or lower >= info.target_recall:
+        return None
+    nxt = plan.selection.fall_back(info.recall, info.recall_lower)
+    if nxt is None:
+        warnings.warn(
+            f"{info.factory} reaches recall@{info.k}={info.recall:.3f} (lower bound "
+            f"{info.recall_lower:.3f}) < {info.target_recall}, and so did every candidate",
+            stacklevel=3,
+        )
+    return nxt
+
+
+def _with_choice(plan: BuildPlan, choice: IndexChoice) -> BuildPlan:
+    """``plan`` for another index: the same recall queries, training rows drawn anew."""
+    index = _new_index(choice, plan.ds.dim, plan.metric)
+    rng = np.random.default_rng(len(plan.selection.fallbacks) if plan.selection else 1)
+    train_pos = np.sort(rng.choice(plan.n, _train_rows(index, plan.n), replace=False))
+    queries = plan.query_pos[:0] if choice.factory == "Flat" else plan.query_pos
+    return replace(plan, choice=choice, index=index, train_pos=train_pos, query_pos=queries)
 
 
 def _should_save(ds: LatentDataset, save: bool | None) -> bool:
@@ -322,13 +357,15 @@ def _should_save(ds: LatentDataset, save: bool | None) -> bool:
 
 def _info(
     plan: BuildPlan,
-    params: dict[str, float],
-    recall: float | None,
+    tuned: Tuned | None,
+    check: AfterAdd,
     n_queries: int,
     recall_sample: int,
     target_recall: float,
     on_gpu: bool,
+    work: faiss.Index,
 ) -> IndexInfo:
+    params = tuned.params if tuned is not None else untuned_params(work, plan.k)
     return IndexInfo(
         metric=plan.metric,
         kind=plan.choice.kind,
@@ -336,14 +373,18 @@ def _info(
         factory=plan.choice.factory,
         reason=plan.choice.reason,
         params={name: _num(v) for name, v in params.items()},
-        ntotal=0,
+        ntotal=int(work.ntotal),
         dim=plan.ds.dim,
-        recall=None if recall is None else round(float(recall), 4),
+        recall=None if tuned is None else round(float(tuned.recall), 4),
+        recall_lower=None if tuned is None else round(float(tuned.lower), 4),
+        recall_after_add=None if check.recall is None else round(check.recall, 4),
+        retuned_after_add=check.retuned,
         k=plan.k,
         recall_queries=0 if plan.exact else n_queries,
         target_recall=target_recall,
         recall_sample=recall_sample,
         build_seconds=0.0,
+        selection=plan.selection.as_dict() if plan.selection is not None else {},
         fingerprint=plan.fingerprint,
         backbone=json.loads(plan.ds.backbone.to_json()),
         memory_budget=plan.budget,

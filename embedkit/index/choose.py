@@ -2,11 +2,17 @@
 
 :mod:`embedkit.index.tune` then raises the search parameters until recall is reached.
 
-The ``auto`` rules, adapted from autofaiss' ``get_optimal_index_keys_v2`` and the faiss
-wiki "Guidelines to choose an index" (N rows of dimension D, B = memory budget)::
+``auto`` on a CPU build (from 2 MiB of vectors) measures its candidates on a sample
+(:mod:`embedkit.index.select`); :func:`candidate_choices` lists them: ``Flat``,
+``HNSW32``, ``IVF{nlist},Flat`` (each if it fits the memory budget), ``IVF{nlist},SQ8``
+(with ``RFlat`` re-ranking if it fits) and IVF-PQ as below.
+
+The ``auto`` rules, used for GPU builds and when recall is not measured, are adapted from
+autofaiss' ``get_optimal_index_keys_v2`` and the faiss wiki "Guidelines to choose an
+index" (N rows of dimension D, B = memory budget)::
 
     N < 20,000                                  -> Flat          exact; brute force is ~ms
-    N < 1,000,000, no GPU, HNSW32 fits in B     -> HNSW32        best CPU speed/recall, no training
+    N < 1,000,000, no GPU, HNSW32 fits in B     -> HNSW32        no training
     IVF{nlist},Flat fits in B                   -> IVF{nlist},Flat   big sets or GPU (no GPU HNSW)
     otherwise                                   -> IVF{nlist},PQ{m}x4fs[,refine]  compressed
 
@@ -19,7 +25,8 @@ their search parameter raised (``nprobe``, ``efSearch``, ``k_factor_rf``) until
 recall@k on a sample reaches the target, 0.95 by default.
 
 Memory estimates (bytes): Flat 4D·N, HNSW32 (4D + 8·32)·N, IVF-Flat (4D + 8)·N + 4D·nlist,
-IVF-PQ (m/2 + 8 + refine)·N + 4D·nlist with refine 4D, 2D or D.
+IVF-SQ8 (D + 8 + refine)·N + 4D·nlist with refine 4D or 0, IVF-PQ (m/2 + 8 + refine)·N +
+4D·nlist with refine 4D, 2D or D.
 """
 
 from __future__ import annotations
@@ -39,12 +46,15 @@ __all__ = [
     "MAX_TRAIN_ROWS",
     "TRAIN_POINTS_PER_CENTROID",
     "IndexChoice",
+    "candidate_choices",
     "choose_index",
     "default_memory_budget",
     "factory_for_kind",
     "ivf_nlist",
     "parse_memory",
     "pq_m",
+    "resized_factory",
+    "train_rows",
 ]
 
 FLAT_MAX_ROWS = 20_000
@@ -54,7 +64,7 @@ MIN_NLIST, MAX_NLIST = 16, 65_536
 TRAIN_POINTS_PER_CENTROID = 64
 MAX_TRAIN_ROWS = 1 << 20
 ID_BYTES = 8
-KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq", "ivfsq")
 #: refine stages for IVF-PQ, best first: (factory suffix, bytes per dimension)
 REFINES = (("RFlat", 4), ("Refine(SQfp16)", 2), ("Refine(SQ8)", 1))
 
@@ -127,6 +137,8 @@ def _bytes(kind: str, n: int, dim: int, nlist: int = 0, m: int = 0, refine: int 
         return (4 * dim + 8 * HNSW_M) * n
     if kind == "ivf":
         return (4 * dim + ID_BYTES) * n + 4 * dim * nlist
+    if kind == "ivfsq":  # 8-bit codes + id + refine codes
+        return (dim + ID_BYTES + refine * dim) * n + 4 * dim * nlist
     # ivfpq: 4-bit codes (m/2 bytes) + id + refine codes
     return int((m / 2 + ID_BYTES + refine * dim) * n + 4 * dim * nlist)
 
@@ -153,6 +165,16 @@ def _ivfpq(n: int, dim: int, budget: int | None) -> IndexChoice:
     )
 
 
+def _ivfsq(n: int, dim: int, budget: int | None) -> IndexChoice:
+    nlist = ivf_nlist(n)
+    size = _bytes("ivfsq", n, dim, nlist, refine=4)
+    if budget is None or size <= budget:
+        why = "8-bit scalar-quantized IVF with RFlat re-ranking fits the memory budget"
+        return IndexChoice("ivfsq", f"IVF{nlist},SQ8,RFlat", why, size)
+    why = "8-bit scalar-quantized IVF codes without re-ranking fit the memory budget"
+    return IndexChoice("ivfsq", f"IVF{nlist},SQ8", why, _bytes("ivfsq", n, dim, nlist))
+
+
 def factory_for_kind(kind: str, n: int, dim: int, memory_budget: int | None = None) -> IndexChoice:
     """The faiss factory string for an explicit ``kind`` (not ``auto``) or a factory string."""
     nlist = ivf_nlist(n)
@@ -164,10 +186,10 @@ def factory_for_kind(kind: str, n: int, dim: int, memory_budget: int | None = No
         )
     if kind == "hnsw":
         return IndexChoice("hnsw", f"HNSW{HNSW_M}", "requested: HNSW", _bytes("hnsw", n, dim))
-    if kind == "ivfpq":
-        choice = _ivfpq(n, dim, memory_budget)
+    if kind in ("ivfpq", "ivfsq"):
+        choice = (_ivfpq if kind == "ivfpq" else _ivfsq)(n, dim, memory_budget)
         return IndexChoice(
-            "ivfpq", choice.factory, "requested: " + choice.reason, choice.estimated_bytes
+            kind, choice.factory, "requested: " + choice.reason, choice.estimated_bytes
         )
     return IndexChoice("custom", kind, "requested: faiss factory string")
 
@@ -210,3 +232,38 @@ def choose_index(
             why = "HNSW does not fit the memory budget"
         return IndexChoice("ivf", f"IVF{nlist},Flat", f"{why}; IVF-Flat fits", ivf)
     return _ivfpq(n, dim, budget)
+
+
+def candidate_choices(n: int, dim: int, memory_budget: int | None = None) -> list[IndexChoice]:
+    """The kinds ``auto`` measures for ``n`` rows: each of Flat, HNSW32, IVF{nlist},Flat
+    whose estimate fits the budget, then IVF-SQ8 and IVF-PQ (with the best re-ranking stage
+    that fits, else their codes alone).
+
+    Example:
+        >>> [c.kind for c in candidate_choices(100_000, 128)]
+        ['flat', 'hnsw', 'ivf', 'ivfsq', 'ivfpq']
+    """
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    nlist = ivf_nlist(n)
+    found = [
+        IndexChoice("flat", "Flat", "exact search", _bytes("flat", n, dim)),
+        IndexChoice("hnsw", f"HNSW{HNSW_M}", "graph", _bytes("hnsw", n, dim)),
+        IndexChoice("ivf", f"IVF{nlist},Flat", "inverted lists", _bytes("ivf", n, dim, nlist)),
+    ]
+    found = [c for c in found if c.estimated_bytes is not None and c.estimated_bytes <= budget]
+    sq = _ivfsq(n, dim, budget)
+    fits = sq.estimated_bytes is not None and sq.estimated_bytes <= budget
+    return [*found, *([sq] if fits else []), _ivfpq(n, dim, budget)]
+
+
+def resized_factory(factory: str, n: int) -> str:
+    """``factory`` for an index of ``n`` rows: the IVF list count follows :func:`ivf_nlist`
+    (``IVF4096,Flat`` for 1M rows is ``IVF1024,Flat`` for a 100k-row sample)."""
+    return re.sub(r"^IVF\d+", f"IVF{ivf_nlist(n)}", factory)
+
+
+def train_rows(n: int, nlist: int | None) -> int:
+    """Training rows for an index of ``n`` rows: 64 per IVF list (65,536 without lists),
+    at least 10,000, at most ``MAX_TRAIN_ROWS`` and ``n``."""
+    wanted = TRAIN_POINTS_PER_CENTROID * nlist if nlist else 65_536
+    return int(min(n, max(wanted, 10_000), MAX_TRAIN_ROWS))

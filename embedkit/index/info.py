@@ -75,6 +75,14 @@ class IndexInfo:
     # file name -> {"size": bytes, "sha256": hex}; empty in an index.json written before
     # files were checked, which must be rebuilt
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the recall promise: lower confidence bound of recall@k on the tuning queries, and
+    # recall@k re-measured after the held-out rows were added (raised again if it dropped)
+    recall_lower: float | None = None
+    recall_after_add: float | None = None
+    retuned_after_add: bool = False
+    # auto by measurement: sample sizes, seconds, and per candidate kind, factory, params,
+    # recall, recall_lower, q/s on the sample and predicted; empty when rules chose
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

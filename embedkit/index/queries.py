@@ -72,6 +72,7 @@ def image_vectors(ds: LatentDataset, images: list) -> tuple[np.ndarray, list]:
     from embedkit.images.decode import as_rgb, load_image
     from embedkit.plugins.registry import load_backbone
 
+    backbone = load_backbone(ds.backbone)
     pil: list[Image.Image] = []
     labels: list = []
     for i, item in enumerate(images):
@@ -80,7 +81,7 @@ def image_vectors(ds: LatentDataset, images: list) -> tuple[np.ndarray, list]:
             labels.append(i)
             continue
         try:
-            pil.append(load_image(item))
+            pil.append(load_image(item, backbone.decode_size))
         except (FileNotFoundError, IsADirectoryError):
             raise InputError(f"image {item} does not exist; pass an existing image file") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -88,7 +89,6 @@ def image_vectors(ds: LatentDataset, images: list) -> tuple[np.ndarray, list]:
                 f"cannot open image {item} ({type(exc).__name__}); pass a PNG/JPEG/... file"
             ) from None
         labels.append(str(item))
-    backbone = load_backbone(ds.backbone)
     parts = [
         backbone.encode_images(pil[i : i + IMAGE_BATCH]).numpy()
         for i in range(0, len(pil), IMAGE_BATCH)

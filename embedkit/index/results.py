@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from embedkit.index.loaded import LoadedIndex
 
-__all__ = ["RESULT_COLUMNS", "results_frame"]
+__all__ = ["RESULT_COLUMNS", "frame_of", "results_frame"]
 
 RESULT_COLUMNS = ("query", "rank", "id", "score", "distance")
 
@@ -18,7 +18,9 @@ RESULT_COLUMNS = ("query", "rank", "id", "score", "distance")
 def _strings(array: pa.Array) -> Any:
     """A pyarrow string array as a pandas column without per-element Python objects."""
     if _STR_DTYPE is not None:
-        return pd.arrays.ArrowStringArray(array.cast(pa.large_string()), dtype=_STR_DTYPE)
+        if array.type != pa.large_string():
+            array = array.cast(pa.large_string())
+        return pd.arrays.ArrowStringArray(array, dtype=_STR_DTYPE)
     return array.to_numpy(zero_copy_only=False)
 
 
@@ -46,6 +48,40 @@ def _str_dtype() -> Any:
 
 _STR_DTYPE = _str_dtype()
 
+try:  # pandas >= 3.0: a frame straight from its blocks, a fifth of the Python calls
+    from pandas.api.internals import create_dataframe_from_blocks as _from_blocks
+except ImportError:  # pragma: no cover - pandas 2
+    _from_blocks = None
+
+_column_indexes: dict[tuple[str, ...], pd.Index] = {}
+
+
+def _block_ready(values: Any) -> bool:
+    if isinstance(values, np.ndarray):
+        return values.ndim == 1 and values.dtype.kind in "iufb"
+    return isinstance(values, pd.api.extensions.ExtensionArray)
+
+
+def frame_of(data: dict[str, Any]) -> pd.DataFrame:
+    """``pd.DataFrame(data, copy=False)`` for 1-D columns of one length, built from its
+    blocks (one per column, none copied) when every column is a numeric numpy array or a
+    pandas extension array, so the per-call cost stays ~20 us rather than ~100 us."""
+    if _from_blocks is None or not all(_block_ready(v) for v in data.values()):
+        return pd.DataFrame(data, copy=False)
+    names = tuple(data)
+    columns = _column_indexes.get(names)
+    if columns is None:
+        if len(_column_indexes) >= 64:
+            _column_indexes.clear()
+        columns = _column_indexes[names] = pd.Index(list(names))
+    blocks = [
+        (v.reshape(1, -1) if isinstance(v, np.ndarray) else v, np.array([i]))
+        for i, v in enumerate(data.values())
+    ]
+    rows = len(next(iter(data.values())))
+    # a copy of the cached Index: renaming one frame's columns must not rename another's
+    return _from_blocks(blocks, index=pd.RangeIndex(rows), columns=columns.copy())
+
 
 def results_frame(
     loaded: LoadedIndex,
@@ -57,14 +93,15 @@ def results_frame(
 ) -> pd.DataFrame:
     """Assemble the result with array takes only (no per-row Python)."""
     nq, k = found.shape
-    flat_keep = keep.ravel()
-    if flat_keep.all():
-        slots = np.arange(nq * k)
-        rows, scores = found.ravel(), dist.ravel()
+    rows, scores = found.ravel(), dist.ravel()
+    if keep.all():
+        which_query = np.arange(nq).repeat(k)
+        rank = np.tile(np.arange(1, k + 1, dtype=np.int64), nq)
     else:
-        slots = np.flatnonzero(flat_keep)
-        rows, scores = found.ravel()[slots], dist.ravel()[slots]
-    which_query = slots // k
+        slots = np.flatnonzero(keep.ravel())
+        rows, scores = rows[slots], scores[slots]
+        which_query, rank = np.divmod(slots, k)
+        rank += 1
     if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
         query: Any = labels[which_query]
     elif all(isinstance(label, str) for label in labels):  # one check per query, not per row
@@ -74,10 +111,10 @@ def results_frame(
     take = pa.array(rows)
     data: dict[str, Any] = {
         "query": query,
-        "rank": slots % k + 1,
+        "rank": rank,
         "id": _strings(loaded.id_array.take(take)),
         "score" if loaded.metric == "cosine" else "distance": scores,
     }
-    for name, array in loaded.columns(wanted).items():
-        data[f"neighbor_{name}" if name in RESULT_COLUMNS else name] = _column(array.take(take))
-    return pd.DataFrame(data, copy=False)
+    for name, array in loaded.take_columns(wanted, take).items():
+        data[f"neighbor_{name}" if name in RESULT_COLUMNS else name] = _column(array)
+    return frame_of(data)

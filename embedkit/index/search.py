@@ -7,12 +7,23 @@ Results are one pandas DataFrame, one row per (query, neighbour)::
 * ``score`` is the cosine similarity (higher is closer) when the metric is cosine;
   ``distance`` is the squared L2 distance (lower is closer) when it is l2.
 * ``query`` is the query id, the query's row number for ``vectors=``, or the image path.
+
+A call costs what faiss costs, ~0.3 ms and the result table: the opened dataset, its
+fingerprint, the parsed ``index.json`` and the loaded index are kept between calls and
+re-checked with one ``os.stat`` per part (and one of ``index.json``), never by reading
+Parquet footers; an id's vector is read back from an index that stores vectors; the
+frame is built from its blocks. See docs/search.md, "What a call costs".
 """
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import re
+import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +32,7 @@ import pandas as pd
 
 from embedkit.errors import InputError
 from embedkit.index.build import build_index
-from embedkit.index.info import INFO_FILE, index_dir, view_fingerprint
+from embedkit.index.info import INDEX_DIR, INFO_FILE, IndexInfo, index_dir, view_fingerprint
 from embedkit.index.load import load_index
 from embedkit.index.loaded import LoadedIndex
 from embedkit.index.metric import check_metric, prepare_vectors
@@ -29,29 +40,156 @@ from embedkit.index.persist import read_info
 from embedkit.index.queries import as_list, image_vectors, query_vectors
 from embedkit.index.results import results_frame
 from embedkit.store.dataset import LatentDataset, open_latents
-from embedkit.store.format import missing_ids_message
+from embedkit.store.format import PART_GLOB, missing_ids_message
 
-__all__ = ["clear_index_cache", "neighbors"]
+__all__ = ["RACY_NS", "clear_index_cache", "neighbors"]
 
+# What neighbors() keeps between calls. Each entry is re-validated on every call with
+# os.stat only (no Parquet footer, no index.json read): a part or index.json whose size,
+# mtime, ctime, inode or device changed, or a part added or removed, is a miss. ctime
+# cannot be set back by a program, so this is a finer check than the fingerprint itself.
+# A file stamps times from a coarse clock, so one rewritten in place within the tick it
+# was stat'ed in looks unchanged: nothing is kept about a file changed in the last
+# RACY_NS (git's "racily clean" rule); such calls do the work afresh.
+RACY_NS = 100_000_000
 _CACHE_SIZE = 4
-_cache: OrderedDict[tuple, tuple[str, LoadedIndex]] = OrderedDict()
+_cache: OrderedDict[tuple, tuple[Any, LoadedIndex]] = OrderedDict()  # indexes
+_opened: OrderedDict[tuple, tuple[tuple, LatentDataset]] = OrderedDict()  # folder -> dataset
+_fingerprints: OrderedDict[tuple, str] = OrderedDict()  # part stats -> fingerprint
+_infos: OrderedDict[tuple, IndexInfo] = OrderedDict()  # index.json stat -> its content
+_lock = threading.Lock()
+_is_part = re.compile(fnmatch.translate(PART_GLOB)).match  # what part_files globs for
 
 
 def clear_index_cache() -> None:
-    """Forget indexes kept in memory between :func:`neighbors` calls."""
-    _cache.clear()
+    """Forget indexes (and opened datasets, fingerprints) kept between :func:`neighbors` calls."""
+    with _lock:
+        for cache in (_cache, _opened, _fingerprints, _infos):
+            cache.clear()
 
 
-def _cached(key: tuple, fingerprint: str, make) -> LoadedIndex:
-    hit = _cache.get(key)
-    if hit is not None and hit[0] == fingerprint:
-        _cache.move_to_end(key)
+def _recall(cache: OrderedDict, key: Any) -> Any:
+    with _lock:
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+        return hit
+
+
+def _remember(cache: OrderedDict, key: Any, value: Any, size: int = 4 * _CACHE_SIZE) -> None:
+    with _lock:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > size:
+            cache.popitem(last=False)
+
+
+def _stat(path: str | Path) -> tuple:
+    st = os.stat(path)
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _part_stats(folder: str) -> tuple:
+    """:func:`_stat` of each part in ``folder``, in name order (one listdir, a stat each)."""
+    names = sorted(name for name in os.listdir(folder) if _is_part(name))
+    return tuple(_stat(os.path.join(folder, name)) for name in names)
+
+
+def _settled(stats: tuple) -> bool:
+    """Whether every file of ``stats`` (from :func:`_stat`) last changed over RACY_NS ago."""
+    newest = max((max(s[2], s[3]) for s in stats), default=0)
+    return newest < time.time_ns() - RACY_NS
+
+
+def _open(latents: str | Path | LatentDataset) -> tuple[LatentDataset, tuple | None]:
+    """``open_latents``, reused while no part changed (a part stat each, no footer); and
+    the parts' stats when this call took them."""
+    if isinstance(latents, LatentDataset):
+        return latents, None
+    folder = os.fspath(latents)
+    key = (folder, os.path.abspath(folder))  # messages name the path as given
+    try:
+        stats = _part_stats(folder)  # taken before anything is read
+    except OSError:
+        stats = ()  # no folder, or a part vanished meanwhile: open afresh, cache nothing
+    hit = _recall(_opened, key)
+    if stats and hit is not None and hit[0] == stats:
+        return hit[1], stats
+    ds = open_latents(latents)
+    if stats and tuple(f.name for f in ds.files) == tuple(os.path.basename(s[0]) for s in stats):
+        if _settled(stats):
+            _remember(_opened, key, (stats, ds))
+        return ds, stats
+    return ds, None
+
+
+def _fingerprint(ds: LatentDataset, stats: tuple | None = None) -> tuple[str, tuple | None]:
+    """``view_fingerprint(ds)`` (what an index of these rows records), with the dataset's
+    fingerprint reused while the parts' stats (``stats``: just taken by :func:`_open`)
+    are unchanged; and those stats, None when a part changed too recently to trust them."""
+    try:
+        if stats is None:
+            stats = tuple(_stat(f) for f in ds.files)  # taken before the footers are read
+    except OSError:
+        return view_fingerprint(ds), None  # raises as the uncached call would
+    fingerprint = _recall(_fingerprints, stats)
+    if fingerprint is None:
+        fingerprint = ds.fingerprint()
+        if _settled(stats):
+            _remember(_fingerprints, stats, fingerprint)
+        else:
+            stats = None  # no index is kept or reused on these stats
+    if ds.expression is not None:  # as view_fingerprint words it
+        fingerprint = f"{fingerprint}:filtered:{ds.expression}"
+    return fingerprint, stats
+
+
+def _saved_info(ds: LatentDataset) -> tuple[IndexInfo | None, tuple | None]:
+    """``index.json`` of ``ds`` (reused while its stat is unchanged) and that stat (None
+    when it changed too recently to trust it)."""
+    try:
+        stamp = _stat(os.path.join(ds.path, INDEX_DIR, INFO_FILE))  # index_dir(ds) / INFO_FILE
+    except FileNotFoundError:
+        return None, None
+    if not _settled((stamp,)):
+        return read_info(ds), None
+    info = _recall(_infos, stamp)
+    if info is None:
+        info = read_info(ds)
+        if info is not None:
+            _remember(_infos, stamp, info)
+    return info, stamp
+
+
+def _cached(key: tuple | None, version: Any, make: Callable[[], LoadedIndex]) -> LoadedIndex:
+    """The index cached under ``key`` if it was made from this ``version`` of the data
+    (``key`` None: made afresh, not kept)."""
+    if key is None:
+        return make()
+    hit = _recall(_cache, key)
+    if hit is not None and hit[0] == version:
         return hit[1]
     loaded = make()
-    _cache[key] = (fingerprint, loaded)
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
+    _remember(_cache, key, (version, loaded), _CACHE_SIZE)
     return loaded
+
+
+def _given(
+    ds: LatentDataset, index: LoadedIndex, metric: str | None, stats: tuple | None
+) -> tuple[LoadedIndex, bool]:
+    """A caller's index, checked; and whether it was built from ``ds`` as it is now."""
+    if metric is not None and metric != index.metric:
+        raise InputError(
+            f"the given index uses metric {index.metric} but metric={metric!r} was "
+            f"requested; build one with metric={metric!r} or omit metric"
+        )
+    if index.info.dim != ds.dim:
+        raise InputError(f"the given index has dim {index.info.dim}, the latents {ds.dim}")
+    try:
+        fingerprint = _fingerprint(ds, stats)[0]
+    except OSError:  # a part vanished: not current (and the caller's index still searches)
+        return index, False
+    return index, index.info.fingerprint == fingerprint
 
 
 def _resolve_index(
@@ -59,23 +197,18 @@ def _resolve_index(
     index: LoadedIndex | Literal["exact"] | None,
     metric: str | None,
     rebuild: bool,
-) -> LoadedIndex:
-    """The given index, the saved one (cached), or an exact in-memory Flat index (cached)."""
+    stats: tuple | None = None,
+) -> tuple[LoadedIndex, bool]:
+    """The given index, the saved one (cached), or an exact in-memory Flat index (cached);
+    and whether it holds exactly the rows of ``ds`` as they are now."""
     check_metric(metric)
     if isinstance(index, LoadedIndex):
-        if metric is not None and metric != index.metric:
-            raise InputError(
-                f"the given index uses metric {index.metric} but metric={metric!r} was "
-                f"requested; build one with metric={metric!r} or omit metric"
-            )
-        if index.info.dim != ds.dim:
-            raise InputError(f"the given index has dim {index.info.dim}, the latents {ds.dim}")
-        return index
+        return _given(ds, index, metric, stats)
     if index not in (None, "exact"):
         raise InputError(f"index={index!r} is not a LoadedIndex, 'exact' or None")
-    root = str(ds.path.resolve())
-    fingerprint = view_fingerprint(ds)
-    info = read_info(ds) if index is None and ds.expression is None else None
+    fingerprint, stats = _fingerprint(ds, stats)
+    root = os.path.abspath(ds.path)
+    info, stamp = _saved_info(ds) if index is None and ds.expression is None else (None, None)
     if info is not None:
         if metric is not None and metric != info.metric:
             raise InputError(
@@ -83,18 +216,19 @@ def _resolve_index(
                 f"was requested; re-run `embedkit index {ds.path} --metric {metric}` or omit "
                 "--metric"
             )
-        stamp = (index_dir(ds) / INFO_FILE).stat().st_mtime_ns
-        key = (root, "saved", stamp)
         if rebuild or info.fingerprint == fingerprint:
-            return _cached(key, fingerprint, lambda: load_index(ds, rebuild=rebuild))
+            key = None if stamp is None else (root, "saved", stamp)
+            loaded = _cached(key, fingerprint, lambda: load_index(ds, rebuild=rebuild))
+            return loaded, loaded.info.fingerprint == fingerprint
         load_index(ds)  # raises the one-line "stale index" error
     metric = metric or "cosine"
-    key = (root, str(ds.expression), "exact", metric)
-    return _cached(
+    key = None if stats is None else (root, str(ds.expression), "exact", metric)
+    loaded = _cached(  # the stats too: a rewrite that keeps the fingerprint still rebuilds
         key,
-        fingerprint,
+        (fingerprint, stats),
         lambda: build_index(ds, metric=metric, kind="flat", progress=False, save=False),
     )
+    return loaded, loaded.info.fingerprint == fingerprint
 
 
 # -- queries ---------------------------------------------------------------------------
@@ -155,17 +289,10 @@ def neighbors(
         )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be an integer >= 1, got {k!r}")
-    ds = open_latents(latents)
-    loaded = _resolve_index(ds, index, metric, rebuild)
-    metric = loaded.metric
-
+    ds, stats = _open(latents)
+    loaded, current = _resolve_index(ds, index, metric, rebuild, stats)
     wanted = _carried(ds, columns)
-    raw, labels, self_rows = _queries(ds, loaded, ids, vectors, images)
-    queries = prepare_vectors(raw, metric, "query vectors", check=vectors is None)
-    if ds.normalized and metric == "l2" and images is not None:
-        import faiss
-
-        faiss.normalize_L2(queries)  # image queries must look like the stored latents
+    queries, labels, self_rows = _queries(ds, loaded, current, ids, vectors, images)
     if not exclude_self:
         self_rows = None
     found, dist, keep = _search(loaded, queries, k, self_rows, _nprobe_params(loaded, nprobe))
@@ -173,26 +300,38 @@ def neighbors(
 
 
 def _queries(
-    ds: LatentDataset, loaded: LoadedIndex, ids: Any, vectors: Any, images: Any
+    ds: LatentDataset, loaded: LoadedIndex, current: bool, ids: Any, vectors: Any, images: Any
 ) -> tuple[np.ndarray, Any, np.ndarray | None]:
-    """Raw query vectors, a label per query, and (for ids) each query's own faiss row."""
+    """Query vectors as faiss takes them (float32, normalized for cosine), a label per
+    query, and (for ids) each query's own faiss row. An id's vector is read back from the
+    index when it holds exactly the latents' rows as they are now and keeps vectors
+    (Flat, IVF-Flat, HNSW, RFlat); else from the Parquet parts with one filtered scan."""
+    metric = loaded.metric
     if ids is not None:
         query_ids = [str(i) for i in as_list(ids)]
         if not query_ids:
             raise InputError("ids= is empty; pass at least one id")
-        self_rows = loaded.rows_of(np.asarray(query_ids, dtype=object))
+        self_rows = loaded.rows_of(query_ids)
         if (self_rows < 0).any():
             absent = [query_ids[i] for i in np.flatnonzero(self_rows < 0)]
             raise InputError(missing_ids_message(absent, ds.path))
-        return ds.vectors_of(query_ids), query_ids, self_rows
+        stored = loaded.stored_vectors(self_rows) if current else None
+        if stored is None:  # prepared as the index's own rows were
+            stored = prepare_vectors(ds.vectors_of(query_ids), metric, "query vectors")
+        return stored, query_ids, self_rows
     if vectors is not None:
-        raw = query_vectors(vectors, ds.dim)
-        return raw, np.arange(len(raw)), None
+        raw = query_vectors(vectors, ds.dim)  # checked finite
+        return prepare_vectors(raw, metric, "query vectors", check=False), np.arange(len(raw)), None
     items = as_list(images)
     if not items:
         raise InputError("images= is empty; pass at least one image path")
     raw, labels = image_vectors(ds, items)
-    return raw, labels, None
+    queries = prepare_vectors(raw, metric, "query vectors")
+    if ds.normalized and metric == "l2":
+        import faiss
+
+        faiss.normalize_L2(queries)  # image queries must look like the stored latents
+    return queries, labels, None
 
 
 def _search(
@@ -207,6 +346,9 @@ def _search(
     dist, found = loaded.search(queries, min(k + extra, loaded.ntotal), params)
     if self_rows is None:
         found, dist = found[:, :k], dist[:, :k]
+        return found, dist, found >= 0
+    if (found[:, 0] == self_rows).all():  # the usual case: each query row comes first
+        found, dist = found[:, 1:], dist[:, 1:]
         return found, dist, found >= 0
     drop = (found == self_rows[:, None]) | (found < 0)
     order = np.argsort(drop, axis=1, kind="stable")

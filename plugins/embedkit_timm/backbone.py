@@ -166,9 +166,10 @@ class TimmBackbone(Backbone):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The model's eval transform; as ``uint8`` (resize and crop only) when the rest
         of it is the plain to-tensor and normalize that :meth:`finish_preprocess` does."""
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # no copy when RGB
         if self.pil_ops is None:
-            return self.transform(image.convert("RGB"))
-        return pil_to_tensor(self.pil_ops(image.convert("RGB")))
+            return self.transform(rgb)
+        return pil_to_tensor(self.pil_ops(rgb))
 
     def _split_transform(self) -> None:
         """Keep the PIL steps of the eval transform in the workers and do to-tensor and

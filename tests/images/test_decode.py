@@ -78,3 +78,32 @@ def test_as_rgb_matches_load_image(tmp_path, kind):
     with Image.open(path) as opened:
         opened.load()
         np.testing.assert_array_equal(np.asarray(as_rgb(opened)), np.asarray(load_image(path)))
+
+
+def big_jpeg(path: Path, size=(800, 600)) -> Path:
+    rng = np.random.default_rng(5)
+    base = np.asarray(asymmetric(size), np.float32) + rng.normal(0, 8, (size[1], size[0], 3))
+    Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_large_jpegs_decode_at_reduced_scale(tmp_path):
+    path = big_jpeg(tmp_path / "big.jpg")
+    assert load_image(path).size == (800, 600)
+    assert load_image(path, min_side=235).size == (400, 300)  # 1/2: both sides stay >= 235
+    assert load_image(path, min_side=32).size == (100, 75)  # 1/8, the most libjpeg does
+    assert load_image(path, min_side=400).size == (800, 600)  # 1/2 would be too small
+    small = big_jpeg(tmp_path / "small.jpg", (300, 200))  # under twice the size: exact
+    np.testing.assert_array_equal(np.asarray(load_image(small, 235)), np.asarray(load_image(small)))
+    png = tmp_path / "big.png"
+    Image.open(path).save(png)
+    assert load_image(png, min_side=32).size == (800, 600)  # only JPEGs scale when decoded
+
+
+def test_large_jpeg_query_finds_itself(tmp_path):
+    folder = tmp_path / "corpus"
+    make_images(folder, 6)
+    big_jpeg(folder / "big.jpg")
+    embedkit.embed(folder, "pixels", tmp_path / "lat", num_workers=0, progress=False)
+    found = embedkit.neighbors(tmp_path / "lat", images=folder / "big.jpg", k=1)
+    assert found["id"].iloc[0] == "big.jpg" and found["score"].iloc[0] >= 0.9999
