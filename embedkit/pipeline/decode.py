@@ -19,12 +19,14 @@ from torch.utils.data import Dataset
 
 from embedkit.errors import BackboneError, first_line
 from embedkit.images.decode import load_image
+from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.registry import provider
 
 __all__ = [
     "DecodedBatch",
     "ImageDataset",
     "collate",
+    "encode_batch",
     "plugin_failure",
     "reason_of",
     "worker_init",
@@ -103,6 +105,20 @@ def plugin_failure(backbone_name: str, step: str, where: str, reason: str) -> Ba
         "written for this batch: a bug in the backbone, not a bad image (embedkit --debug "
         "shows the traceback)"
     )
+
+
+def encode_batch(
+    backbone: Backbone, pixels: torch.Tensor, where: str, normalize: bool
+) -> np.ndarray:
+    """``backbone.encode`` (L2-normalized if asked) as numpy; its failure is reported as
+    the plugin's, in one line, not as a bad image."""
+    try:
+        vectors = backbone.encode(pixels)
+    except Exception as exc:
+        raise plugin_failure(backbone.name, "forward", where, reason_of(exc)) from exc
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, dim=1)
+    return vectors.numpy()
 
 
 def worker_init(_: int = 0) -> None:

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -17,8 +16,8 @@ from embedkit.pipeline.decode import (
     DecodedBatch,
     ImageDataset,
     collate,
+    encode_batch,
     plugin_failure,
-    reason_of,
     worker_init,
 )
 from embedkit.pipeline.steps import (
@@ -90,11 +89,14 @@ def _encode_all(
                 if batch.plugin_failure is not None:
                     index, reason = batch.plugin_failure
                     raise plugin_failure(backbone.name, "preprocess", str(paths[index]), reason)
-                sink.write_errors([paths[i] for i, _ in batch.errors], [r for _, r in batch.errors])
+                if batch.errors:
+                    failed = [paths[i] for i, _ in batch.errors]
+                    sink.write_errors(failed, [r for _, r in batch.errors])
                 errors += len(batch.errors)
                 if batch.indices:
                     take = np.asarray(batch.indices)
-                    vectors = _encode(backbone, batch.tensor, paths[take[0]], normalize)
+                    where = f"a batch of {len(take)} images from {paths[take[0]]}"
+                    vectors = encode_batch(backbone, batch.tensor, where, normalize)
                     carried = run.carried.iloc[take] if run.carried is not None else None
                     sink.write(ids[take], paths[take], vectors, carried, batch.stats)
                 bar.update(len(batch.indices) + len(batch.errors))
@@ -104,15 +106,3 @@ def _encode_all(
             sink.finish()  # what was encoded is written, even when the run stops
     bar.close()
     return errors
-
-
-def _encode(backbone: Backbone, pixels: torch.Tensor, first: str, normalize: bool) -> np.ndarray:
-    """``backbone.encode``, its failure reported as the plugin's (one line), not an image's."""
-    try:
-        vectors = backbone.encode(pixels)
-    except Exception as exc:
-        where = f"a batch of {len(pixels)} images from {first}"
-        raise plugin_failure(backbone.name, "forward", where, reason_of(exc)) from exc
-    if normalize:
-        vectors = torch.nn.functional.normalize(vectors, dim=1)
-    return vectors.numpy()

@@ -38,8 +38,8 @@ from embedkit.images.sources import Source
 from embedkit.pipeline.decode import (
     ImageDataset,
     collate,
+    encode_batch,
     plugin_failure,
-    reason_of,
     worker_init,
 )
 from embedkit.pipeline.ray_cluster import (
@@ -167,14 +167,8 @@ class _Encoder:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
             if self.backbone.device.type == "cuda":
                 pixels = pixels.pin_memory()
-            try:
-                out = self.backbone.encode(pixels)
-            except Exception as exc:
-                where = f"a batch of {len(pixels)} images"
-                raise plugin_failure(self.backbone.name, "forward", where, reason_of(exc)) from exc
-            if self.normalize:
-                out = torch.nn.functional.normalize(out, dim=1)
-            vectors[good] = out.numpy()
+            where = f"a batch of {len(pixels)} images"
+            vectors[good] = encode_batch(self.backbone, pixels, where, self.normalize)
         kept = {key: batch[key] for key in ("row", "error", "fatal", "size", "mtime")}
         return {**kept, "embedding": vectors}
 
@@ -314,7 +308,8 @@ def _write_all(data: Any, run: PendingRun, backbone_name: str, progress: bool) -
                     raise plugin_failure(backbone_name, "preprocess", where, reason)
                 good = np.asarray([not e for e in batch["error"]], dtype=bool)
                 take, failed = batch["row"][good], batch["row"][~good]
-                sink.write_errors(paths[failed], list(map(str, batch["error"][~good])))
+                if len(failed):
+                    sink.write_errors(paths[failed], list(map(str, batch["error"][~good])))
                 errors += len(failed)
                 if len(take):
                     carried = run.carried.iloc[take] if run.carried is not None else None
