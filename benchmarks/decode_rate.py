@@ -3,9 +3,11 @@ embedkit's decoder against the naive loop, same images, same run.
 
 500 photo-like 800x600 JPEGs into timm/resnet18's evaluation transform (resize 235,
 crop 224, normalize):
-  (a) naive     Image.open(path).convert("RGB") -> backbone.preprocess, one by one
+  (a) naive     Image.open(path).convert("RGB") -> the model's timm eval transform
+                (resize, crop, to-tensor, normalize), one by one
   (b) embedkit  the pipeline's worker item: load_image at the backbone's decode_size
                 (JPEG DCT scaling when the file is far larger) -> backbone.preprocess
+                (resize and crop fused, uint8; normalising is left to the model's process)
 Both run in this one process, so the figure is images/s per core: the ceiling a GPU can
 be fed at by each decode worker. Target (issue 14): (b) / (a) >= 2.
 Usage: python benchmarks/decode_rate.py [--n 500] [--backbone timm/resnet18]
@@ -30,7 +32,7 @@ from embedkit.pipeline.decode import ImageDataset
 def naive(backbone, paths: list[Path]) -> float:
     started = time.perf_counter()
     for path in paths:
-        backbone.preprocess(Image.open(path).convert("RGB"))
+        backbone.transform(Image.open(path).convert("RGB"))
     return len(paths) / (time.perf_counter() - started)
 
 

@@ -21,6 +21,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from embedkit.errors import BackboneError, BackboneNotFound
 from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.info import BackboneInfo
+from embedkit_timm.crop_resize import CropResize, fuse
 from embedkit_timm.weights import load_weights
 
 
@@ -187,7 +188,7 @@ class TimmBackbone(Backbone):
         )
         split = self.finish_preprocess(pil_to_tensor(pil_ops(probe))[None])[0]
         if torch.allclose(split, self.transform(probe), atol=1e-5):
-            self.pil_ops = pil_ops
+            self.pil_ops = _fused_if_same(pil_ops)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.layers is None:
@@ -196,3 +197,19 @@ class TimmBackbone(Backbone):
             batch, indices=list(self.layers), intermediates_only=True
         )
         return torch.cat([f.float().mean(dim=(2, 3)) for f in feats], dim=1)
+
+
+def _fused_if_same(pil_ops: Compose) -> Compose | CropResize:
+    """The resize and crop as one :class:`CropResize` (a third less resampling) when it
+    gives the same pixels as ``pil_ops`` to within 2 in 255, on both orientations."""
+    fused = fuse(pil_ops.transforms)
+    if fused is None:
+        return pil_ops
+    rng = np.random.default_rng(1)
+    for shape in ((300, 400, 3), (411, 287, 3)):
+        probe = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        want = pil_to_tensor(pil_ops(probe)).int()
+        got = pil_to_tensor(fused(probe)).int()
+        if got.shape != want.shape or (got - want).abs().max() > 2:
+            return pil_ops
+    return fused

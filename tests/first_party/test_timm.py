@@ -230,6 +230,15 @@ def test_pickled_object_is_refused_and_never_runs(tmp_path):
 # -- preprocessing -----------------------------------------------------------------------------
 
 
+def assert_same_input(ours: torch.Tensor, want: torch.Tensor, std: float = 0.224) -> None:
+    """Equal up to the fused resize's rounding: at most 2 in 255, in under 0.5 % of the
+    values."""
+    step = 1 / 255 / std
+    diff = (ours - want).abs()
+    assert diff.max() <= 2 * step + 1e-5
+    assert (diff > 1e-5).float().mean() < 0.005
+
+
 @pytest.mark.parametrize("model", ["resnet18", "efficientnet_b0"])
 def test_preprocess_matches_timm_transform(model):
     backbone = load(model)
@@ -243,14 +252,14 @@ def test_preprocess_matches_timm_transform(model):
     assert ours.shape == (3, *config["input_size"][1:])
     # workers send uint8 (4x fewer bytes); the model's process finishes the transform
     assert ours.dtype == torch.uint8
-    assert torch.equal(backbone.finish_preprocess(ours[None])[0], transform(image))
+    assert_same_input(backbone.finish_preprocess(ours[None])[0], transform(image))
     # non-RGB input is converted first
     gray = image.convert("L")
     finished = backbone.finish_preprocess(backbone.preprocess(gray)[None])[0]
-    assert torch.equal(finished, transform(gray.convert("RGB")))
+    assert_same_input(finished, transform(gray.convert("RGB")))
     # and encode() accepts the uint8 batch as it is
     batch = torch.stack([backbone.preprocess(image), backbone.preprocess(gray)])
-    floats = torch.stack([transform(image), transform(gray.convert("RGB"))])
+    floats = torch.stack([backbone.finish_preprocess(batch[i : i + 1])[0] for i in range(2)])
     torch.testing.assert_close(backbone.encode(batch), backbone.encode(floats))
 
 
