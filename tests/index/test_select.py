@@ -268,3 +268,24 @@ def test_auto_falls_back_when_its_pick_falls_short_on_all_rows(
     assert info.factory == info.selection["chosen"] != "IVF64,PQ2x4fs"
     assert info.recall_lower >= 0.95 and built.ntotal == ROWS
     assert fresh_recall(built, mid[1], mid[2]) >= 0.95
+
+
+def test_tuning_settles_between_ladder_steps() -> None:
+    """The tuned nprobe is the smallest that reaches the target to within 5 %, not the next
+    ladder step (19 % apart): here it lies between two steps, and 6 % less falls short."""
+    from embedkit.index.tune import NPROBES, measure_recall, tune
+
+    rng = np.random.default_rng(1)  # no clusters: many probes needed
+    x = prepare_vectors(rng.normal(size=(12_000, 16)).astype(np.float32), "cosine", "x")
+    base, queries = x[:11_000], x[11_000:]
+    index = faiss.index_factory(16, "IVF256,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(base)
+    index.add(base)
+    dist, ids = faiss.knn(queries, base, 20, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = Truth.from_knn(queries, dist, ids, 10, similarity=True)
+    tuned = tune(index, queries, truth, 0.95)
+    nprobe = tuned.params["nprobe"]
+    assert tuned.reaches(0.95) and faiss.extract_index_ivf(index).nprobe == nprobe
+    assert nprobe not in NPROBES  # found between the ladder's steps
+    below = int(nprobe // 1.06)
+    assert not measure_recall(index, queries, truth, {"nprobe": below}).reaches(0.95)
