@@ -60,9 +60,9 @@ embedkit.write_latents(path, [f"v{i}" for i in range(rows)], vectors,
 
 
 def run_child(code: str, *args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
-    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"child failed ({' '.join(args)}):\n{done.stderr[-3000:]}")
     lines = done.stdout.strip().splitlines()
     return json.loads(lines[-1]) if lines else {}
 

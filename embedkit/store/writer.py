@@ -209,7 +209,10 @@ class LatentWriter:
         """
         if len(ids) == 0:
             return
-        table = self._table(ids, sources, vectors, columns, stats)
+        self.write_table(self._table(ids, sources, vectors, columns, stats))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Buffer rows already in this dataset's schema (as :meth:`write` makes them)."""
         if self._writer is None and not self._buffered:
             self._part_started = time.monotonic()  # the part's clock starts at its first row
         self._buffer.append(table)
@@ -322,7 +325,9 @@ def write_latents(
     if len(set(ids)) != len(ids):
         raise InputError("ids must be unique")
     with LatentWriter(path, backbone, normalized=normalized, dtype=dtype) as writer:
-        writer.write(
-            ids, list(sources) if sources is not None else [""] * len(ids), vectors, columns
-        )
+        sources = list(sources) if sources is not None else [""] * len(ids)
+        table = writer._table(ids, sources, vectors, columns, None) if ids else None
+        step = writer.row_group_rows  # row groups and parts as embed writes them
+        for start in range(0, len(ids), step):
+            writer.write_table(table.slice(start, step))
     return Path(path)
