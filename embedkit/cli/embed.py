@@ -9,9 +9,19 @@ import click
 @click.argument("source")
 @click.option("--backbone", "-b", required=True, help="Backbone name, e.g. timm/resnet18.")
 @click.option("--out", "-o", "out_dir", required=True, help="Latent dataset folder to write.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Images per forward pass [default: 256 on CUDA, else 64].",
+)
 @click.option("--workers", "num_workers", type=int, default=None, help="Decode worker processes.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available).")
+@click.option(
+    "--device",
+    default=None,
+    help="cpu, cuda, cuda:N, mps; several GPUs, one replica each: cuda:0,1 or all "
+    "(default: best available).",
+)
 @click.option("--normalize", is_flag=True, help="Store L2-normalized vectors.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32")
 @click.option("--path-column", default="path", show_default=True, help="Table column of paths.")

@@ -117,3 +117,5 @@ def search_command(
 
         neighbour_grid(latents, frame, out=grid)
         click.echo(f"grid -> {grid}", err=True)
+    if frame.attrs.get("searched_on") == "gpu":  # the CPU is the rule, not worth a line
+        click.echo("searched on gpu", err=True)

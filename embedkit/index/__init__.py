@@ -1,7 +1,8 @@
 """FAISS indexes over latent datasets: choose, build, tune, persist, load, search.
 
-``choose`` holds the ``auto`` rules, ``build`` the build steps, ``tune`` the recall
-tuning, ``info``/``persist``/``load`` the saved index folder, ``search`` the
+``choose`` holds the ``auto`` rules, ``select`` ``auto`` by measurement, ``plan`` the
+build plan, ``build`` the build steps, ``tune`` the recall tuning, ``gpu`` GPU placement
+and limits, ``info``/``persist``/``load`` the saved index folder, ``search`` the
 ``neighbors`` API (with ``queries`` and ``results`` on either side of faiss).
 """
 

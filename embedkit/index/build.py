@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -24,28 +24,14 @@ import numpy as np
 from tqdm import tqdm
 
 from embedkit.errors import InputError
-from embedkit.index.choose import (
-    IndexChoice,
-    candidate_choices,
-    choose_index,
-    factory_for_kind,
-    parse_memory,
-    train_rows,
-)
-from embedkit.index.gpu import GpuHelper, to_gpu, use_gpu
-from embedkit.index.info import IndexInfo, view_fingerprint
+from embedkit.index.choose import IndexChoice
+from embedkit.index.gpu import GpuHelper, to_gpu
+from embedkit.index.info import IndexInfo
 from embedkit.index.loaded import LoadedIndex
 from embedkit.index.metric import METRICS
 from embedkit.index.persist import save_index
-from embedkit.index.select import (
-    Selection,
-    collect_rows,
-    measures_auto,
-    progress_bar,
-    sample_positions,
-    select_index,
-    stream_batches,
-)
+from embedkit.index.plan import TARGET_RECALL, BuildPlan, new_index, plan_build, training_rows
+from embedkit.index.select import collect_rows, progress_bar, stream_batches
 from embedkit.index.tune import (
     AfterAdd,
     Truth,
@@ -55,116 +41,30 @@ from embedkit.index.tune import (
     tune,
     untuned_params,
 )
-from embedkit.store.dataset import LatentDataset, open_latents
+from embedkit.store.dataset import LatentDataset
 from embedkit.version import __version__
 
 __all__ = ["TARGET_RECALL", "BuildPlan", "build_index", "plan_build"]
 
-TARGET_RECALL = 0.95
-
-
-@dataclass
-class BuildPlan:
-    """What :func:`build_index` will build, decided before any vector is read."""
-
-    ds: LatentDataset
-    metric: str
-    kind: str
-    k: int
-    choice: IndexChoice
-    index: faiss.Index  # the empty CPU index
-    n: int
-    query_pos: np.ndarray  # sorted rows held out as recall queries (may be empty)
-    train_pos: np.ndarray  # sorted rows sampled for training (empty: no training)
-    gpu: bool
-    budget: int | None
-    fingerprint: str
-    selection: Selection | None = None
-
-    @property
-    def exact(self) -> bool:
-        return self.choice.factory == "Flat"
-
-
-def _new_index(choice: IndexChoice, dim: int, metric: str) -> faiss.Index:
-    try:
-        return faiss.index_factory(dim, choice.factory, METRICS[metric])
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "invalid"
-        raise InputError(
-            f"unknown index kind {choice.factory!r}: use auto, flat, ivf, hnsw, ivfpq, ivfsq or "
-            f"a faiss factory string such as 'IVF256,SQ8' (faiss: {reason})"
-        ) from None
-
-
-def _train_rows(index: faiss.Index, n: int) -> int:
-    if index.is_trained:
-        return 0
-    ivf = faiss.try_extract_index_ivf(index)
-    return train_rows(n, ivf.nlist if ivf is not None else None)
-
-
-def plan_build(
-    latents: str | Path | LatentDataset,
-    metric: str = "cosine",
-    kind: str = "auto",
-    memory_budget: int | str | None = None,
-    recall_sample: int = 1000,
-    k: int = 10,
-    gpu: bool | None = None,
-    target_recall: float = TARGET_RECALL,
-    progress: bool = False,
-    batch_size: int = 65_536,
-) -> BuildPlan:
-    """Check the arguments, choose the index (``auto``: by measurement, see
-    :func:`measures_auto`) and draw the training and query rows."""
-    ds = open_latents(latents)
-    if metric not in METRICS:
-        raise InputError(f"metric {metric!r} is not supported; use cosine or l2")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise InputError(f"k must be an integer >= 1, got {k!r}")
-    budget = parse_memory(memory_budget)
-    fingerprint = view_fingerprint(ds)  # before reading: rows added meanwhile make it stale
-    n = len(ds)
-    if n == 0:
-        raise InputError(f"no rows to index in {ds.path} (empty dataset or filter matched none)")
-    on_gpu = use_gpu(gpu)
-    selection = None
-    if measures_auto(kind, n, ds.dim, on_gpu, recall_sample):  # measure on a sample
-        ((sample, _),) = collect_rows(ds, metric, [sample_positions(n, ds.dim)], progress,
-                                      batch_size, "select")  # fmt: skip
-        choices = candidate_choices(n, ds.dim, budget)
-        selection = select_index(sample, n, metric, k, target_recall, choices, progress)
-        choice = selection.choice
-    elif kind == "auto":
-        choice = choose_index(n, ds.dim, budget, on_gpu)
-    else:
-        choice = factory_for_kind(kind, n, ds.dim, budget)
-    index = _new_index(choice, ds.dim, metric)
-    rng = np.random.default_rng(0)
-    exact = choice.factory == "Flat"
-    n_queries = 0 if exact or n < 2 else min(max(int(recall_sample), 0), max(n // 10, 1))
-    query_pos = np.sort(rng.choice(n, n_queries, replace=False))
-    n_train = _train_rows(index, n)
-    train_pos = np.sort(rng.choice(n, n_train, replace=False))
-    return BuildPlan(
-        ds, metric, kind, k, choice, index, n, query_pos, train_pos, on_gpu, budget, fingerprint,
-        selection,
-    )  # fmt: skip
-
 
 def sample_pass(
-    plan: BuildPlan, work: faiss.Index, progress: bool, batch_size: int
+    plan: BuildPlan, gpu: GpuHelper | None, progress: bool, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1: collect the training sample (and train ``work``) and the recall queries.
-    Returns the queries and their ids."""
+    """Pass 1: collect the training sample (and train ``plan.index``, its k-means on the
+    GPU when there is one) and the recall queries. Returns the queries and their ids.
+
+    The CPU index is trained before any GPU copy is made, so every shard of an index
+    split over several GPUs gets the same centroids."""
     (train, _), held = collect_rows(
         plan.ds, plan.metric, [plan.train_pos, plan.query_pos], progress, batch_size
     )
     if len(plan.train_pos):
         if progress:
             tqdm.write(f"training {plan.choice.factory} on {len(train):,} vectors")
-        work.train(train)
+        if gpu is not None:
+            gpu.train(plan.index, train)
+        else:
+            plan.index.train(train)
     return held
 
 
@@ -258,11 +158,14 @@ def build_index(
         latents: a latent dataset folder or :class:`LatentDataset`.
         metric: ``"cosine"`` (normalize, inner product) or ``"l2"`` (squared L2).
         kind: ``auto``, ``flat``, ``ivf``, ``hnsw``, ``ivfpq``, ``ivfsq`` or a faiss factory.
-        memory_budget: bytes (or ``"2GB"``) the index may use; steers ``auto``/``ivfpq``.
+        memory_budget: bytes (or ``"2GB"``) the index may use; steers ``auto``/``ivfpq``
+            (default: half the RAM; on a GPU build, what the GPUs can hold).
         recall_sample: query rows drawn from the data to measure recall (0: skip; then
             ``auto`` follows its rules instead of measuring).
         k: the k of recall@k.
-        gpu: ``None`` uses a GPU when faiss sees one, ``False`` forces CPU.
+        gpu: ``None`` uses a GPU when faiss sees one, ``True`` requires one, ``False``
+            forces CPU. The index is filled on the GPU where it fits (sharded over
+            several if one cannot hold it), else on the CPU with a warning.
         progress: show tqdm progress bars.
         save: write ``<latents>/index/``; default: yes unless ``latents`` is a filtered view.
         target_recall: the recall the search parameters are tuned to reach.
@@ -295,14 +198,12 @@ def _build(
 ) -> LoadedIndex:
     """Train, fill and tune the planned index; the held-out rows go in last, checked."""
     helper = GpuHelper() if plan.gpu else None
-    work, on_gpu = plan.index, False  # work: the index trained, filled and tuned
+    queries, query_ids = sample_pass(plan, helper, progress, batch_size)
+    work, on_gpu = plan.index, False  # work: the index filled and tuned
     if helper is not None:
-        clone = to_gpu(plan.index)
+        clone = to_gpu(plan.index, plan.gpu_bytes)  # None: no room or no GPU version
         if clone is not None:
             work, on_gpu = clone, True
-        elif not plan.index.is_trained:
-            helper.clustering_index(plan.index)  # at least the k-means runs on the GPU
-    queries, query_ids = sample_pass(plan, work, progress, batch_size)
     id_parts, truth = add_pass(plan, work, queries, helper, progress, batch_size)
     tuned = tune_pass(plan, work, queries, truth, on_gpu, target_recall)
     check = AfterAdd()
@@ -317,7 +218,10 @@ def _build(
         tqdm.write(f"recall@{plan.k} = {tuned.recall:.3f} with {tuned.params or 'exact search'}")
     info = _info(plan, tuned, check, len(queries), recall_sample, target_recall, on_gpu, work)
     ids = np.concatenate(id_parts) if id_parts else np.array([], dtype=object)
-    return LoadedIndex(index=work, ids=ids, info=info, dataset=plan.ds, on_gpu=on_gpu)
+    return LoadedIndex(
+        index=work, ids=ids, info=info, dataset=plan.ds, on_gpu=on_gpu,
+        gpu=None if plan.gpu else False,
+    )  # fmt: skip
 
 
 def _fallback(plan: BuildPlan, info: IndexInfo) -> IndexChoice | None:
@@ -337,9 +241,9 @@ def _fallback(plan: BuildPlan, info: IndexInfo) -> IndexChoice | None:
 
 def _with_choice(plan: BuildPlan, choice: IndexChoice) -> BuildPlan:
     """``plan`` for another index: the same recall queries, training rows drawn anew."""
-    index = _new_index(choice, plan.ds.dim, plan.metric)
+    index = new_index(choice, plan.ds.dim, plan.metric)
     rng = np.random.default_rng(len(plan.selection.fallbacks) if plan.selection else 1)
-    train_pos = np.sort(rng.choice(plan.n, _train_rows(index, plan.n), replace=False))
+    train_pos = np.sort(rng.choice(plan.n, training_rows(index, plan.n), replace=False))
     queries = plan.query_pos[:0] if choice.factory == "Flat" else plan.query_pos
     return replace(plan, choice=choice, index=index, train_pos=train_pos, query_pos=queries)
 

@@ -27,6 +27,9 @@ recall@k on a sample reaches the target, 0.95 by default.
 Memory estimates (bytes): Flat 4D·N, HNSW32 (4D + 8·32)·N, IVF-Flat (4D + 8)·N + 4D·nlist,
 IVF-SQ8 (D + 8 + refine)·N + 4D·nlist with refine 4D or 0, IVF-PQ (m/2 + 8 + refine)·N +
 4D·nlist with refine 4D, 2D or D.
+
+The default budget B is half the machine's RAM; for a GPU build it is what the GPUs can
+hold (:func:`gpu_memory_budget`: one GPU's usable memory, or an index sharded over several).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from embedkit.errors import InputError
@@ -50,11 +54,13 @@ __all__ = [
     "choose_index",
     "default_memory_budget",
     "factory_for_kind",
+    "gpu_memory_budget",
     "ivf_nlist",
     "parse_memory",
     "pq_m",
     "resized_factory",
     "train_rows",
+    "usable_gpu_bytes",
 ]
 
 FLAT_MAX_ROWS = 20_000
@@ -65,6 +71,10 @@ TRAIN_POINTS_PER_CENTROID = 64
 MAX_TRAIN_ROWS = 1 << 20
 ID_BYTES = 8
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq", "ivfsq")
+#: GPU memory left free: faiss' temporary memory (up to ~1.5 GiB a device), query buffers
+GPU_RESERVE = 3 << 29
+#: share of the rest an index may take: GPU inverted lists grow in steps, over-allocating
+GPU_USABLE = 0.8
 #: refine stages for IVF-PQ, best first: (factory suffix, bytes per dimension)
 REFINES = (("RFlat", 4), ("Refine(SQfp16)", 2), ("Refine(SQ8)", 1))
 
@@ -112,6 +122,23 @@ def default_memory_budget() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
     except (AttributeError, ValueError, OSError):
         return 8 << 30
+
+
+def usable_gpu_bytes(free: int) -> int:
+    """Bytes of an index a GPU with ``free`` bytes free can hold (see ``GPU_RESERVE``)."""
+    return max(0, int((free - GPU_RESERVE) * GPU_USABLE))
+
+
+def gpu_memory_budget(free: Sequence[int]) -> int:
+    """The largest index GPUs with ``free`` bytes free each can hold: on the roomiest one,
+    or split evenly over the k roomiest (k times the k-th largest usable memory).
+
+    Example:
+        >>> gpu_memory_budget([(1 << 30) + GPU_RESERVE] * 2) == 2 * int((1 << 30) * GPU_USABLE)
+        True
+    """
+    usable = sorted((usable_gpu_bytes(f) for f in free), reverse=True)
+    return max((k * u for k, u in enumerate(usable, start=1)), default=0)
 
 
 def ivf_nlist(n: int) -> int:

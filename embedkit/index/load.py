@@ -7,7 +7,7 @@ from pathlib import Path
 
 from embedkit.errors import InputError
 from embedkit.index.build import build_index
-from embedkit.index.gpu import to_gpu, use_gpu
+from embedkit.index.gpu import use_gpu
 from embedkit.index.info import FORMAT_VERSION, INFO_FILE, IndexInfo, index_dir, view_fingerprint
 from embedkit.index.loaded import LoadedIndex
 from embedkit.index.persist import CHECKED_FILES, read_index_files, read_info
@@ -31,7 +31,10 @@ def load_index(
         mmap: memory-map the index file read-only instead of reading it into RAM.
         rebuild: if the latents changed since the index was built, rebuild it with the
             same settings instead of raising.
-        gpu: ``None`` moves the index to a GPU when one is present (not HNSW).
+        gpu: ``None`` keeps the index on the CPU and searches a GPU copy of it (made on
+            the first search that pays for it: many queries over a large index, see
+            :attr:`LoadedIndex.gpu`); ``True`` makes the GPU copy now (an error without
+            a GPU); ``False`` never uses a GPU. ``index`` is the CPU index either way.
         progress: progress bars for a rebuild.
 
     Example:
@@ -64,13 +67,11 @@ def load_index(
         raise InputError(f"{refusal}; re-run `embedkit index {ds.path}` (or pass rebuild=True)")
     index, ids = read_index_files(folder, ds, mmap, info)
     set_params(index, info.params)
-    on_gpu = False
-    if use_gpu(gpu):
-        clone = to_gpu(index)
-        if clone is not None:
-            index, on_gpu = clone, True
-            set_params(index, info.params)
-    return LoadedIndex(index=index, ids=ids, info=info, dataset=ds, on_gpu=on_gpu, path=folder)
+    policy = gpu if use_gpu(gpu) else False
+    loaded = LoadedIndex(index=index, ids=ids, info=info, dataset=ds, path=folder, gpu=policy)
+    if policy is True:
+        loaded.prepare_gpu()  # the CPU index stays too: searches past the GPU limits use it
+    return loaded
 
 
 def _refusal(info: IndexInfo, ds: LatentDataset, folder: Path) -> str | None:

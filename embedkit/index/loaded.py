@@ -1,8 +1,10 @@
-"""A searchable index in memory and what its rows map to (ids, carried columns)."""
+"""A searchable index in memory and what its rows map to (ids, carried columns), and
+where each search runs: the GPU or the CPU (see :attr:`LoadedIndex.gpu`)."""
 
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedkit.errors import InputError
+from embedkit.index.gpu import gpu_limit, set_search_params, stays_on_cpu, to_cpu, to_gpu
 from embedkit.index.info import IndexInfo
-from embedkit.index.tune import set_params
 from embedkit.store.dataset import LatentDataset
 
 __all__ = ["LoadedIndex", "keeps_vectors"]
 
 _direct_map_lock = threading.Lock()
+_copy_lock = threading.Lock()  # one GPU (or CPU) copy of an index, however many threads search
 _FEW = 8  # a string column with at most 1/8 as many distinct values as rows is kept encoded
 
 
@@ -46,6 +49,12 @@ class LoadedIndex:
         ids: latent id of each faiss row, as a numpy object array.
         info: the :class:`IndexInfo` (``index.json``).
         dataset: the latents it was built from.
+        on_gpu: whether ``index`` lives on a GPU.
+        gpu: where a CPU ``index`` is searched: ``None`` on a GPU copy (made once, kept)
+            when a search pays for it (:func:`~embedkit.index.gpu.gpu_pays`), ``True``
+            always (:meth:`prepare_gpu` makes it), ``False`` never. Searches past faiss'
+            GPU limits (k or nprobe > 2048) run on the CPU (for a GPU ``index``, on a
+            copy made once) with a warning.
     """
 
     index: faiss.Index
@@ -54,11 +63,18 @@ class LoadedIndex:
     dataset: LatentDataset
     on_gpu: bool = False
     path: Path | None = None
+    gpu: bool | None = False
     _arrow: dict[str, pa.Array] = field(default_factory=dict, repr=False)
     # caches made on first use, not copied by dataclasses.replace: id -> faiss row, and
     # whether the stored vectors can be read back from the index (None: not checked yet)
     _row_of: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
     _keeps: bool | None = field(default=None, init=False, repr=False, compare=False)
+    # the other copy of the index (GPU of a CPU one, CPU of a GPU one; None: not made,
+    # False: cannot be made) and where the last search ran, and why not on the GPU
+    _copy: Any = field(default=None, init=False, repr=False, compare=False)
+    _searched: tuple[str, str | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def metric(self) -> str:
@@ -68,17 +84,84 @@ class LoadedIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def searched_on(self) -> str | None:
+        """``"gpu"`` or ``"cpu"``: where the last search ran (None: no search yet)."""
+        return None if self._searched is None else self._searched[0]
+
+    @property
+    def search_note(self) -> str | None:
+        """Why the last search ran on the CPU where a GPU could be used (else None)."""
+        return None if self._searched is None else self._searched[1]
+
     def search(
         self, queries: np.ndarray, k: int, params: dict[str, float] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw faiss search of prepared (float32, normalized for cosine) ``queries``."""
+        """Raw faiss search of prepared (float32, normalized for cosine) ``queries``, on
+        the GPU or the CPU as :attr:`gpu` and faiss' GPU limits say (:attr:`searched_on`)."""
+        index = self._searcher(len(queries), k, params or {})
         if not params:
-            return self.index.search(queries, k)
-        set_params(self.index, params)
+            return index.search(queries, k)
+        set_search_params(index, params)
         try:
-            return self.index.search(queries, k)
+            return index.search(queries, k)
         finally:
-            set_params(self.index, {n: v for n, v in self.info.params.items() if n in params})
+            set_search_params(index, {n: v for n, v in self.info.params.items() if n in params})
+
+    @property
+    def gpu_index(self) -> faiss.Index | None:
+        """The index on a GPU: ``index`` itself, or the copy made of a CPU one (None: none)."""
+        if self.on_gpu:
+            return self.index
+        return self._copy or None
+
+    def prepare_gpu(self) -> faiss.Index | None:
+        """Make the GPU copy of a CPU ``index`` now, with its tuned parameters (None:
+        faiss could not search it there with them, or no GPU has room; a warning says so)."""
+        if self.on_gpu:
+            return self.index
+        limit = gpu_limit(1, self.info.params)
+        if limit is not None:
+            warnings.warn(f"the index stays on the CPU: its tuned {limit}", stacklevel=2)
+            return None
+        return self._other()
+
+    def _searcher(self, n_queries: int, k: int, params: dict[str, float]) -> faiss.Index:
+        """The index this search runs on (and :attr:`searched_on` set)."""
+        limit = gpu_limit(k, {**self.info.params, **params})
+        if self.on_gpu:
+            if limit is None:
+                return self._ran("gpu", None, self.index)
+            warnings.warn(f"searching a CPU copy of the index: {limit}", stacklevel=3)
+            return self._ran("cpu", limit, self._other())
+        if self.gpu is False:
+            return self._ran("cpu", None, self.index)
+        if self.gpu is None and self._copy is None:  # not made yet: does this search pay?
+            note = stays_on_cpu(n_queries, self.ntotal, self.info.dim)
+            if note is not None:
+                return self._ran("cpu", note, self.index)
+        if limit is not None:
+            warnings.warn(f"searching the index on the CPU: {limit}", stacklevel=3)
+            return self._ran("cpu", limit, self.index)
+        on_device = self._other()
+        if on_device is None:
+            return self._ran("cpu", "the index cannot go on a GPU", self.index)
+        return self._ran("gpu", None, on_device)
+
+    def _ran(self, where: str, note: str | None, index: faiss.Index) -> faiss.Index:
+        self._searched = (where, note)
+        return index
+
+    def _other(self) -> faiss.Index | None:
+        """The CPU copy of a GPU ``index``, or the GPU copy of a CPU one (None: no GPU
+        version or no room), made once with the tuned parameters."""
+        with _copy_lock:
+            if self._copy is None:
+                copy = to_cpu(self.index, True) if self.on_gpu else to_gpu(self.index)
+                if copy is not None:
+                    set_search_params(copy, self.info.params)
+                self._copy = False if copy is None else copy
+            return self._copy if self._copy is not False else None
 
     @property
     def id_array(self) -> pa.Array:

@@ -271,7 +271,9 @@ def neighbors(
     Returns:
         Columns ``query, rank, id`` then ``score`` (cosine similarity) for cosine or
         ``distance`` (squared L2) for l2, then the carried columns; ``n_queries * k`` rows
-        (fewer only when an approximate index finds fewer than k).
+        (fewer only when an approximate index finds fewer than k). ``attrs`` says where
+        faiss searched: ``searched_on`` (``"gpu"``/``"cpu"``) and ``search_note`` (why
+        not on a GPU that could be used, else None); see docs/search.md, "On a GPU".
 
     Example:
         >>> neighbors("latents/", ids=["img_001"], k=5)
@@ -296,7 +298,9 @@ def neighbors(
     if not exclude_self:
         self_rows = None
     found, dist, keep = _search(loaded, queries, k, self_rows, _nprobe_params(loaded, nprobe))
-    return results_frame(loaded, labels, found, dist, keep, wanted)
+    frame = results_frame(loaded, labels, found, dist, keep, wanted)
+    frame.attrs.update(searched_on=loaded.searched_on, search_note=loaded.search_note)
+    return frame
 
 
 def _queries(

@@ -14,6 +14,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "ef_ladder",
     "exact_distances",
     "is_gpu_index",
+    "ivf_of",
     "ladders",
     "measure_recall",
     "nprobe_ladder",
@@ -65,8 +67,31 @@ def ef_ladder(k: int) -> list[int]:
 
 
 def is_gpu_index(index: faiss.Index) -> bool:
-    """Whether ``index`` lives on a GPU (a faiss ``GpuIndex``)."""
-    return hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex)
+    """Whether ``index`` lives on GPUs: a faiss ``GpuIndex``, or shards or replicas of them
+    (whose parameters only ``GpuParameterSpace`` can reach)."""
+    if not hasattr(faiss, "GpuIndex"):
+        return False
+    if isinstance(index, faiss.GpuIndex):
+        return True
+    parts = faiss.downcast_index(index)
+    if isinstance(parts, (faiss.IndexShards, faiss.IndexReplicas)) and parts.count():
+        return all(is_gpu_index(faiss.downcast_index(parts.at(i))) for i in range(parts.count()))
+    return False
+
+
+def ivf_of(index: faiss.Index) -> Any:
+    """The IVF part of ``index`` (for ``nlist``): a CPU ``IndexIVF`` inside any wrapper, a
+    ``GpuIndexIVF`` (which ``try_extract_index_ivf`` does not see), or the first shard's
+    or replica's; None for other kinds."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return ivf
+    inner = faiss.downcast_index(index)
+    if hasattr(faiss, "GpuIndexIVF") and isinstance(inner, faiss.GpuIndexIVF):
+        return inner
+    if isinstance(inner, (faiss.IndexShards, faiss.IndexReplicas)) and inner.count():
+        return ivf_of(inner.at(0))
+    return None
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -192,7 +217,7 @@ def set_params(index: faiss.Index, params: dict[str, float]) -> None:
 def ladders(index: faiss.Index, k: int, on_gpu: bool = False) -> list[tuple[str, list[int]]]:
     """Tunable parameters, the primary one (recall grows with it) first."""
     steps: list[tuple[str, list[int]]] = []
-    ivf = faiss.try_extract_index_ivf(index)
+    ivf = ivf_of(index)
     cpu = faiss.downcast_index(index)
     if ivf is not None:
         probes = nprobe_ladder(ivf.nlist)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from embedkit.device import names_several
 from embedkit.errors import InputError
 from embedkit.images.sources import Source
 from embedkit.pipeline.steps import EmbedOptions, EmbedResult
@@ -19,7 +20,7 @@ def embed(
     backbone: str | Backbone,
     out_dir: str | os.PathLike,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | None = None,
     normalize: bool = False,
@@ -44,8 +45,11 @@ def embed(
         source: image folder, ``.parquet``/``.csv`` table, list of paths, or DataFrame.
         backbone: a registered name (``timm/resnet18``, ``vae:runs/x``) or a Backbone.
         out_dir: the latent dataset folder (created if missing).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: 256 on CUDA, else 64).
         num_workers: DataLoader worker processes decoding images (default: one per core).
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps``; or several, one model replica
+            each, writing one dataset: ``cuda:0,cuda:1`` (``cuda:0,1``), ``all`` (every
+            visible GPU). Default: ``$EMBEDKIT_DEVICE``, else cuda > mps > cpu.
         normalize: store L2-normalized vectors.
         dtype: ``float32`` or ``float16`` storage.
         update: re-embed images whose file changed (size or modification time) since
@@ -72,9 +76,15 @@ def embed(
         backbone_options=backbone_options,
     )
     if engine == "ray":
+        if names_several(device):
+            raise InputError(
+                f"device {device!r} names several devices: Ray places one actor per GPU "
+                "itself (--engine local spreads a run over the GPUs of one machine)"
+            )
         from embedkit.pipeline.ray_engine import embed_with_ray
 
-        return embed_with_ray(source, backbone, out_dir, ray_address=ray_address, **vars(options))
+        ray_options = dict(vars(options))  # batch_size None: the actors' device decides
+        return embed_with_ray(source, backbone, out_dir, ray_address=ray_address, **ray_options)
     if engine != "local":
         raise InputError(f"engine {engine!r} is not supported; use {' or '.join(ENGINES)}")
     if ray_address is not None:

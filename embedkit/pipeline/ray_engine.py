@@ -54,6 +54,7 @@ from embedkit.pipeline.steps import (
     EmbedOptions,
     EmbedResult,
     PendingRun,
+    default_batch_size,
     no_image_read,
     start_run,
 )
@@ -183,7 +184,7 @@ def _pipeline(
     info: BackboneInfo,
 ) -> Any:
     """The Ray Dataset of ``{row, error, embedding}`` batches for ``paths`` (lazy)."""
-    batch_size = options.batch_size
+    batch_size = options.batch_size or default_batch_size(plan["device"].split(":")[0])
     preprocess, shape, pixel_dtype = _preprocessor(backbone)
     slots = max(1, int(plan["cpus"]) * 4)
     block = min(MAX_BLOCK_ROWS, max(batch_size, math.ceil(len(paths) / slots)))

@@ -71,10 +71,20 @@ class Backbone:
         declares ``input_mean``/``input_std`` or overrides this."""
         out = batch.float().div_(255)
         if self.input_mean is not None:
-            mean = torch.tensor(self.input_mean, device=out.device).view(-1, 1, 1)
-            std = torch.tensor(self.input_std, device=out.device).view(-1, 1, 1)
+            mean, std = self._mean_std(out.device)
             out = out.sub_(mean).div_(std)
         return out
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # made once per device: a tensor built from a list on a GPU waits for the GPU,
+        # which would stall the queue of batches behind every forward pass
+        key = (device, self.input_mean, self.input_std)
+        cached = getattr(self, "_input_norm", None)
+        if cached is None or cached[0] != key:
+            mean = torch.tensor(self.input_mean, device=device).view(-1, 1, 1)
+            std = torch.tensor(self.input_std, device=device).view(-1, 1, 1)
+            cached = self._input_norm = (key, mean, std)
+        return cached[1], cached[2]
 
     # -- provided -----------------------------------------------------------
     def weights_digest(self) -> str:
@@ -126,6 +136,12 @@ class Backbone:
 
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed images ``[B, C, H, W]`` -> latents ``[B, D]`` (float32, on CPU)."""
+        return self.encode_on_device(batch).cpu()
+
+    def encode_on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode`, its latents left on ``self.device``: on CUDA the work is queued
+        and not waited for, so an engine can queue the next batch before copying these.
+        CUDA inputs go channels-last (a layout: the same math) under bf16/fp16 autocast."""
         self._prepare()
         if batch.ndim == 3:
             batch = batch.unsqueeze(0)
@@ -133,11 +149,11 @@ class Backbone:
         batch = batch.to(self.device, non_blocking=non_blocking)
         if batch.dtype == torch.uint8:
             batch = self.finish_preprocess(batch)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and batch.ndim == 4:  # images; other inputs as they are
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast_for(self.device, self.autocast):
             out = self.forward(batch)
-        return out.float().reshape(out.shape[0], -1).cpu()
+            return out.float().reshape(out.shape[0], -1)
 
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         """Convenience: PIL images -> latents ``[B, D]``."""

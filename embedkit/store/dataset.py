@@ -43,6 +43,8 @@ __all__ = ["LatentBatch", "LatentDataset", "open_latents"]
 HIDDEN_COLUMNS = frozenset({EMBEDDING, *FILE_STAT_COLUMNS})
 #: reads start again when a part is replaced while they run; then they give up
 READ_ATTEMPTS = 3
+#: batches between hand-backs of memory the Arrow allocator keeps (see iter_batches)
+RELEASE_EVERY = 4
 T = TypeVar("T")
 
 
@@ -206,12 +208,20 @@ class LatentDataset:
     def iter_batches(
         self, batch_size: int = 65536, columns: Sequence[str] | None = None
     ) -> Iterator[LatentBatch]:
-        """Stream ``(ids, vectors, table)`` batches; memory stays bounded by ``batch_size``."""
+        """Stream ``(ids, vectors, table)`` batches; memory stays bounded by ``batch_size``.
+
+        Arrow's default read-ahead (16 batches, 4 parts) held ~0.6 GB of a 1M x 128
+        dataset in flight, and its allocator keeps freed blocks: one batch ahead, and
+        unused memory handed back every few batches, keep a pass flat (measured)."""
         wanted = list(dict.fromkeys(["id", *(columns or []), EMBEDDING]))
         scanner = self.dataset.scanner(
-            columns=wanted, filter=self.expression, batch_size=batch_size
-        )
-        for record_batch in scanner.to_batches():
+            columns=wanted, filter=self.expression, batch_size=batch_size,
+            batch_readahead=1, fragment_readahead=1,
+        )  # fmt: skip
+        pool = pa.default_memory_pool()
+        for count, record_batch in enumerate(scanner.to_batches()):
+            if count % RELEASE_EVERY == RELEASE_EVERY - 1:
+                pool.release_unused()
             if record_batch.num_rows == 0:
                 continue
             table = pa.Table.from_batches([record_batch])

@@ -1,5 +1,6 @@
-"""Training loop: Adam, mixed precision on CUDA, per-epoch atomic checkpoints, resume,
-early stopping on a held-out split, and a reconstruction grid per epoch."""
+"""Training loop: Adam, mixed precision on CUDA (bf16, or fp16 with a GradScaler), the
+images kept on the host and copied per batch, a divergence check, per-epoch atomic
+checkpoints, resume, early stopping on a held-out split, a reconstruction grid per epoch."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from embedkit.device import resolve_device
+from embedkit.device import autocast_dtype, resolve_device
 from embedkit.errors import InputError
 from embedkit.files import atomic_path
 from embedkit_vae.checkpoint import load_train_state
-from embedkit_vae.data import Source, load_source, split_indices
+from embedkit_vae.data import Source, batch_to_device, host_data, load_source, split_indices
 from embedkit_vae.models import AutoEncoder, ModelConfig, kl_divergence
 from embedkit_vae.run_state import clone_state, restore_run_state, save_run_state
 
@@ -153,14 +154,14 @@ def _start(
     val_idx: torch.Tensor,
     progress: bool,
 ) -> _Run:
-    """A freshly initialised model (seeded) and optimizer; the data on the GPU if used."""
+    """A freshly initialised model (seeded) and optimizer; the data stays on the host."""
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(options["seed"])
         model = AutoEncoder(config).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=options["lr"])
-    amp_dtype = _amp_dtype(dev)
+    amp_dtype = autocast_dtype(dev)  # bf16, or fp16 where the GPU lacks bf16; None on CPU
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    data = images.to(dev) if dev.type == "cuda" else images
+    data = host_data(images, dev)  # uint8, pinned on CUDA; batches are copied as they go
     return _Run(
         config,
         options,
@@ -206,7 +207,8 @@ def _epoch(
     train_rec, train_kl = _train_epoch(
         run.model, run.optimizer, run.scaler, run.data, bar, opts["beta"], rng, run.amp_dtype
     )
-    if not math.isfinite(train_rec + train_kl) and not run.scaler.is_enabled():
+    if not math.isfinite(train_rec + train_kl):  # also under fp16: the scaler only skips
+        # steps whose *gradients* overflow; a non-finite loss is the model diverging
         raise InputError(
             f"training diverged at epoch {epoch} (loss is not finite); lower lr "
             f"(--lr, now {opts['lr']}) and resume from the last checkpoint in {run.run_dir}"
@@ -275,13 +277,14 @@ def _train_epoch(
     rng: torch.Generator,
     amp_dtype: torch.dtype | None,
 ) -> tuple[float, float]:
-    """One pass over ``batches`` (index tensors into ``data``): mean (SSE, KL) per image."""
+    """One pass over ``batches`` (index tensors into host ``data``): mean (SSE, KL) per
+    image; stops early, returning non-finite means, once a loss is not finite."""
     model.train()
     device = next(model.parameters()).device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     count = 0
     for step, idx in enumerate(batches, start=1):
-        x = data[idx.to(data.device)].to(device, non_blocking=True).float().div_(255)
+        x = batch_to_device(data, idx, device)
         noise = None
         if model.variational:
             shape = (len(idx), model.config.latent_dim)
@@ -298,6 +301,8 @@ def _train_epoch(
         count += len(idx)
         if step % 10 == 0 or step == len(batches):  # .item() syncs a GPU: not every step
             batches.set_postfix(recon=f"{rec.item() / x[0].numel():.4f}", kl=f"{kl.item():.2f}")
+            if not bool(torch.isfinite(totals).all()):
+                break  # diverged: the caller raises; no need to run out the epoch
     batches.close()
     return tuple((totals / max(count, 1)).tolist())
 
@@ -307,13 +312,6 @@ def _check_options(epochs: int, batch_size: int, lr: float, beta: float) -> None
         raise InputError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
     if lr <= 0 or beta < 0:
         raise InputError(f"lr must be > 0 and beta >= 0 (got lr={lr}, beta={beta})")
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16 (with a GradScaler); none off CUDA."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -350,7 +348,7 @@ def _evaluate(
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64)
     for chunk in idx.split(max(batch_size, 256)):
-        x = data[chunk.to(data.device)].to(device).float().div_(255)
+        x = batch_to_device(data, chunk, device)
         with _autocast(device, amp_dtype):
             recon, mean, logvar = model(x)
         rec, kl = _losses(recon, x, mean, logvar)
@@ -364,7 +362,7 @@ def _save_grid(
 ) -> None:
     """Rows of 8 originals, each followed by a row of their reconstructions."""
     model.eval()
-    x = data[idx.to(data.device)].to(device).float().div_(255)
+    x = batch_to_device(data, idx, device)
     recon = model(x)[0].float().clamp(0, 1)
     rows = [t for i in range(0, len(x), 8) for t in (x[i : i + 8], recon[i : i + 8])]
     grid = make_grid(torch.cat(rows).cpu(), nrow=8, padding=1, pad_value=0.5)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from embedkit.errors import InputError
 from embedkit.index import build_index, index_dir, load_index
 from embedkit.index.choose import choose_index, ivf_nlist, parse_memory, pq_m
+from embedkit.index.gpu import clear_gpu_resources
 from embedkit.index.metric import prepare_vectors
 from embedkit.index.search import clear_index_cache, neighbors
 from embedkit.index.tune import recall_at_k
@@ -262,9 +263,10 @@ def test_part_rewritten_with_same_ids_and_size_is_stale(small) -> None:
 # -- GPU ------------------------------------------------------------------------------------
 def test_gpu_branch_with_mocked_faiss(small, monkeypatch: pytest.MonkeyPatch) -> None:
     """get_num_gpus() -> 1 and the cloners mocked: the GPU code path runs on CPU indexes."""
+    clear_gpu_resources()
     calls: list[str] = []
 
-    def to_gpu(index):
+    def to_gpu(res, device, index, options=None):
         calls.append(f"to_gpu:{type(faiss.downcast_index(index)).__name__}")
         return faiss.clone_index(index)
 
@@ -277,7 +279,7 @@ def test_gpu_branch_with_mocked_faiss(small, monkeypatch: pytest.MonkeyPatch) ->
         return faiss.knn(xq, xb, k, metric=metric)
 
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_gpu)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu)
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", to_cpu)
     monkeypatch.setattr(faiss, "knn_gpu", knn_gpu)
     monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object())
@@ -288,7 +290,8 @@ def test_gpu_branch_with_mocked_faiss(small, monkeypatch: pytest.MonkeyPatch) ->
     assert ivf.info.built_on == "gpu" and ivf.on_gpu
     assert "to_gpu:IndexIVFFlat" in calls and "knn_gpu" in calls and "to_cpu" in calls
     assert ivf.info.recall >= 0.95
-    assert load_index(path).on_gpu  # loading moves it to the GPU too
+    assert load_index(path).gpu_index is None  # gpu=None: a GPU copy once a search pays
+    assert load_index(path, gpu=True).gpu_index is not None
     assert load_index(path, gpu=False).on_gpu is False
 
     calls.clear()
@@ -299,6 +302,7 @@ def test_gpu_branch_with_mocked_faiss(small, monkeypatch: pytest.MonkeyPatch) ->
     assert choose_index(50_000, 32, gpu=True).kind == "ivf"
     flat = build_index(path, kind="flat", progress=False, save=False, gpu=False)
     assert flat.info.built_on == "cpu" and calls == []
+    clear_gpu_resources()  # they hold this test's stand-in resources
 
 
 def test_gpu_true_without_gpu_is_an_error(small, monkeypatch: pytest.MonkeyPatch) -> None:
