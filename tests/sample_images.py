@@ -27,3 +27,13 @@ def expected_vectors(paths: list[Path], **options) -> np.ndarray:
     """What the pixels backbone gives each image, computed without the pipeline."""
     backbone = PixelsBackbone(device="cpu", **options)
     return backbone.encode_images([load_image(p) for p in paths]).numpy()
+
+
+#: a VAE small enough to train in seconds (tests of the training loop, not of quality)
+TINY_VAE = {
+    "image_size": 32,
+    "channels": (8, 16, 32),
+    "latent_dim": 4,
+    "batch_size": 16,
+    "progress": False,
+}

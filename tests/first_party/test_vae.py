@@ -15,26 +15,14 @@ from embedkit_vae import ModelConfig, train
 from embedkit_vae.checkpoint import STATE, WEIGHTS
 from embedkit_vae.models import build_model
 from safetensors.torch import load_file
+from sample_images import TINY_VAE
 
 import embedkit
 from embedkit.errors import BackboneError, InputError
-from embedkit.images.corpus import color_of, make_shapes, read_labels
+from embedkit.images.corpus import color_of, read_labels
 from embedkit.plugins.info import BackboneInfo
 
-TINY = {
-    "image_size": 32,
-    "channels": (8, 16, 32),
-    "latent_dim": 4,
-    "batch_size": 16,
-    "progress": False,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    make_shapes(root, n=48, size=32, seed=1)
-    return root
+TINY = TINY_VAE
 
 
 @pytest.fixture(scope="module")

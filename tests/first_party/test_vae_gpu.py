@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,25 +13,12 @@ from embedkit_vae import train
 from embedkit_vae import training as train_module
 from embedkit_vae.checkpoint import STATE, load_train_state
 from embedkit_vae.data import batch_to_device, host_data
+from sample_images import TINY_VAE
 
 import embedkit
 from embedkit.errors import InputError
-from embedkit.images.corpus import make_shapes
 
-TINY = {
-    "image_size": 32,
-    "channels": (8, 16, 32),
-    "latent_dim": 4,
-    "batch_size": 16,
-    "progress": False,
-}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root, n=48, size=32, seed=1)  # 43 train, 5 validation images
-    return root
+TINY = TINY_VAE
 
 
 @pytest.fixture
@@ -49,8 +35,8 @@ def moves(monkeypatch) -> list[dict]:
     return calls
 
 
-def test_data_stays_on_host_and_moves_per_batch(corpus, tmp_path, moves):
-    train(corpus, tmp_path / "run", "vae", epochs=1, device="cpu", **TINY)
+def test_data_stays_on_host_and_moves_per_batch(tiny_corpus, tmp_path, moves):
+    train(tiny_corpus, tmp_path / "run", "vae", epochs=1, device="cpu", **TINY)
     # 3 training batches (16 + 16 + 11), the validation chunk, the reconstruction grid
     assert [c["rows"] for c in moves] == [16, 16, 11, 5, 5]
     data = moves[0]["data"]
@@ -108,7 +94,7 @@ def test_host_data_pins_for_cuda_only(monkeypatch):
 
 
 @pytest.mark.parametrize("fp16_scaler", [False, True])
-def test_non_finite_loss_stops_training(corpus, tmp_path, monkeypatch, fp16_scaler):
+def test_non_finite_loss_stops_training(tiny_corpus, tmp_path, monkeypatch, fp16_scaler):
     if fp16_scaler:  # as on a GPU without bf16: a GradScaler, which used to turn the check off
         monkeypatch.setattr(train_module, "autocast_dtype", lambda device: torch.float16)
         monkeypatch.setattr(train_module, "_autocast", lambda *a: contextlib.nullcontext())
@@ -122,7 +108,7 @@ def test_non_finite_loss_stops_training(corpus, tmp_path, monkeypatch, fp16_scal
     monkeypatch.setattr(train_module, "_losses", diverging)
     run = tmp_path / "run"
     with pytest.raises(InputError, match="diverged at epoch 1") as excinfo:
-        train(corpus, run, "ae", epochs=3, **{**TINY, "batch_size": 4})
+        train(tiny_corpus, run, "ae", epochs=3, **{**TINY, "batch_size": 4})
     message = str(excinfo.value)
     assert "\n" not in message and "--lr" in message and str(run) in message
     assert len(steps) == 10  # stopped at the first check, not after all 11 batches
@@ -133,37 +119,37 @@ def test_non_finite_loss_stops_training(corpus, tmp_path, monkeypatch, fp16_scal
 
 
 @pytest.mark.gpu
-def test_cuda_training_keeps_pinned_uint8_data_on_the_host(corpus, tmp_path, moves):
+def test_cuda_training_keeps_pinned_uint8_data_on_the_host(tiny_corpus, tmp_path, moves):
     run = tmp_path / "cuda"
-    result = train(corpus, run, "vae", epochs=2, device="cuda", **TINY)
+    result = train(tiny_corpus, run, "vae", epochs=2, device="cuda", **TINY)
     data = moves[0]["data"]
     assert data.device.type == "cpu" and data.dtype == torch.uint8 and data.is_pinned()
     assert all(c["data"] is data and c["out"].is_cuda for c in moves)
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
     backbone = embedkit.load_backbone(f"vae:{run}", device="cpu")
     assert backbone.decode(torch.zeros(2, 4)).shape == (2, 3, 32, 32)
-    resumed = train(corpus, run, "vae", epochs=3, device="cuda", **TINY)
+    resumed = train(tiny_corpus, run, "vae", epochs=3, device="cuda", **TINY)
     assert resumed.resumed_from == 2 and resumed.epoch == 3
 
 
 @pytest.mark.gpu
-def test_cuda_fp16_with_grad_scaler(corpus, tmp_path, monkeypatch):
+def test_cuda_fp16_with_grad_scaler(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "autocast_dtype", lambda device: torch.float16)
     run = tmp_path / "fp16"
-    result = train(corpus, run, "vae", epochs=2, device="cuda", **TINY)
+    result = train(tiny_corpus, run, "vae", epochs=2, device="cuda", **TINY)
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
     _, meta = load_train_state(run)
     assert meta["scaler"]["scale"] > 0  # the GradScaler ran and was saved for resume
-    resumed = train(corpus, run, "vae", epochs=3, device="cuda", **TINY)
+    resumed = train(tiny_corpus, run, "vae", epochs=3, device="cuda", **TINY)
     assert resumed.resumed_from == 2 and math.isfinite(resumed.best_val_loss)
 
 
 @pytest.mark.gpu
-def test_cuda_non_finite_loss_stops_training(corpus, tmp_path, monkeypatch):
+def test_cuda_non_finite_loss_stops_training(tiny_corpus, tmp_path, monkeypatch):
     real_losses = train_module._losses
     monkeypatch.setattr(
         train_module, "_losses", lambda *a: tuple(t * math.inf for t in real_losses(*a))
     )
     with pytest.raises(InputError, match="diverged at epoch 1") as excinfo:
-        train(corpus, tmp_path / "run", "vae", epochs=2, device="cuda", **TINY)
+        train(tiny_corpus, tmp_path / "run", "vae", epochs=2, device="cuda", **TINY)
     assert "\n" not in str(excinfo.value)
