@@ -1,5 +1,5 @@
 """Latent algebra: joining labels, centroids and clusters, attribute vectors, arithmetic
-and interpolation, and saved vector tables."""
+and interpolation, saved vector tables, and 2-D maps (projection)."""
 
 from embedkit.lazy import attach
 
@@ -24,5 +24,6 @@ __getattr__, __dir__, __all__ = attach(
             "vectors_for_ids",
         ],
         "vector_table": ["load_vectors", "save_vectors"],
+        "projection": ["project"],
     },
 )
