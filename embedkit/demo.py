@@ -58,6 +58,7 @@ class DemoResult:
                 f"blue -> red edit turned {s.get('red_edit_rate', 0):.0%} of blue images red",
                 f"time per stage: {times} (total {sum(self.seconds.values()):.0f}s)",
                 f"report -> {self.report}",
+                f"explore it in the browser: embedkit serve {self.out_dir / 'latents'}",
             ]
         )
 

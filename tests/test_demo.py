@@ -89,6 +89,7 @@ def test_demo_quick_finishes_in_time_and_prints_a_summary(demo):
     print(stdout)
     assert seconds < 120, f"--quick took {seconds:.0f}s; it must stay under 2 minutes"
     assert f"report -> {out / 'report.html'}" in stdout
+    assert f"embedkit serve {out / 'latents'}" in stdout  # what to try next
     assert re.search(r"rows 1500 +dim 32 +index flat +recall@10 1\.000", stdout)
     assert "time per stage: corpus" in stdout
 

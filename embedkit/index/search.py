@@ -226,9 +226,17 @@ def _resolve_index(
     loaded = _cached(  # the stats too: a rewrite that keeps the fingerprint still rebuilds
         key,
         (fingerprint, stats),
-        lambda: build_index(ds, metric=metric, kind="flat", progress=False, save=False),
+        lambda: _exact_index(ds, metric),
     )
     return loaded, loaded.info.fingerprint == fingerprint
+
+
+def _exact_index(ds: LatentDataset, metric: str) -> LoadedIndex:
+    """An in-memory Flat index, built on the CPU and searched on a GPU copy only when a
+    search pays for one (a one-off query does not copy the vectors to the GPU)."""
+    loaded = build_index(ds, metric=metric, kind="flat", progress=False, save=False, gpu=False)
+    loaded.gpu = None
+    return loaded
 
 
 # -- queries ---------------------------------------------------------------------------

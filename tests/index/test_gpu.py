@@ -456,3 +456,16 @@ def test_tuning_reaches_the_ivf_inside_shards_and_gpu_wrappers() -> None:
     assert ladders(shards, 10)[0][0] == "nprobe" and ladders(shards, 10)[0][1][-1] == 16
     assert not is_gpu_index(shards)  # CPU shards keep the CPU parameter space
     assert ivf_of(faiss.IndexFlatL2(8)) is None
+
+
+def test_exact_search_copies_to_the_gpu_only_when_it_pays(small, fake_gpu, monkeypatch) -> None:
+    """``neighbors`` without a saved index builds its exact Flat on the CPU; one query
+    stays there, a large batch over a large index moves to a GPU copy."""
+    path, x = small
+    fake = fake_gpu()
+    one = neighbors(path, vectors=x[:1], k=5, index="exact")
+    assert one.attrs["searched_on"] == "cpu" and fake.clones == []
+    monkeypatch.setattr(gpu_module, "GPU_SEARCH_MIN_FLOATS", 1)
+    many = neighbors(path, vectors=x[:300], k=5, index="exact")
+    assert many.attrs["searched_on"] == "gpu" and [c[0] for c in fake.clones] == ["IndexFlat"]
+    assert (many[many["query"] == 0]["id"].to_numpy() == one["id"].to_numpy()).all()
