@@ -29,6 +29,10 @@ SCRIPTS = {
     "decode_rate.py": (["--repeats", "3"], ["--n", "100", "--repeats", "1"]),
     "search.py": ([], ["--rows", "20000"]),
     "query_overhead.py": ([], ["--rows", "20000", "--calls", "50"]),
+    "serve_latency.py": (
+        ["--index", "ivf", "--item-rows", "1000000"],
+        ["--rows", "5000", "--dim", "64", "--item-rows", "20000"],
+    ),
     "read_latents.py": ([], ["--rows", "200000"]),
     "memory.py": ([], ["--n", "200", "--index-rows", "10000"]),
     "ray_throughput.py": (

@@ -44,6 +44,7 @@ __getattr__, __dir__, __all__ = attach(
         ],
         "embedkit.algebra.clusters": ["KMeansResult", "centroids", "kmeans"],
         "embedkit.algebra.vector_table": ["load_vectors", "save_vectors"],
+        "embedkit.algebra.projection": ["project"],
         "embedkit.viz.pictures": [
             "analogy_grid",
             "attribute_sweep",
@@ -52,6 +53,15 @@ __getattr__, __dir__, __all__ = attach(
             "render_latents",
         ],
         "embedkit.viz.report": ["latents_report"],
+        "embedkit.curation": [
+            "coverage_radius",
+            "diverse_subset",
+            "label_issues",
+            "near_duplicates",
+            "outliers",
+            "uniqueness",
+        ],
+        "embedkit.serve.server": ["serve"],
         "embedkit.demo": ["run_demo"],
     },
 )

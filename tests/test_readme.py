@@ -20,6 +20,7 @@ OFFLINE = {
     "timm/resnet18": "pixels",
     "--n 2000 --size 64": "--n 300 --size 32",
     "--epochs 20 --image-size 64": "--epochs 1 --image-size 32",
+    "embedkit serve latents/": "embedkit serve --help",  # serves until Ctrl-C: tests/serve
 }
 
 

@@ -13,7 +13,7 @@ import warnings
 
 import click
 
-from embedkit.cli import algebra, embed, index, pictures, plugins, report
+from embedkit.cli import algebra, curation, embed, index, pictures, plugins, report, serve
 from embedkit.errors import EmbedkitError
 from embedkit.plugins.manager import call_hook
 
@@ -46,6 +46,12 @@ for command in (
     index.search_command,
     report.report,
     report.demo,
+    serve.serve,
+    curation.duplicates,
+    curation.outliers,
+    curation.label_issues,
+    curation.select,
+    curation.map_command,
 ):
     cli.add_command(command)
 
