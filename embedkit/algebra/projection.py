@@ -10,6 +10,7 @@ every sampled row. One module for the explorer's map and for ``embedkit map``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 import numpy as np
@@ -18,12 +19,25 @@ import pandas as pd
 from embedkit.errors import InputError
 from embedkit.store.dataset import LatentDataset
 
-__all__ = ["FIT_ROWS", "METHODS", "project", "sample_positions"]
+__all__ = ["FIT_ROWS", "METHODS", "available_methods", "project", "sample_positions"]
 
 METHODS = ("pca", "umap", "tsne")
 #: rows a method is fitted on (the rest of the sample is placed by the fitted transform)
 FIT_ROWS = 20_000
 _EXTRAS = {"umap": ("umap", "umap-learn"), "tsne": ("sklearn.manifold", "scikit-learn")}
+
+
+def available_methods() -> list[str]:
+    """The methods that can run here: ``pca`` always, the others when their extra is
+    installed."""
+    return [
+        "pca",
+        *(
+            m
+            for m, (module, _) in _EXTRAS.items()
+            if importlib.util.find_spec(module.split(".")[0]) is not None
+        ),
+    ]
 
 
 def sample_positions(n: int, sample: int | None, seed: int = 0) -> np.ndarray:

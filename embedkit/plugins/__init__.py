@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = attach(
         "hookspecs": ["hookimpl", "hookspec"],
         "manager": ["call_hook", "get_plugin_manager", "plugin_names", "reset_plugins"],
         "registry": ["BackboneEntry", "broken_plugins", "list_backbones", "load_backbone"],
+        "seeding": ["model_building"],
         "info": ["BackboneInfo"],
         "backbone": ["Backbone"],
     },

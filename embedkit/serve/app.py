@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from embedkit.algebra.projection import available_methods
 from embedkit.errors import EmbedkitError, InputError
 from embedkit.serve.edits import edit, interpolation
 from embedkit.serve.export import export_bytes
@@ -81,6 +82,7 @@ def info(request: Request) -> JSONResponse:
             "index": None if index is None else {"kind": index.kind, "factory": index.factory},
             "decodes": state.decodes(),
             "columns": [{"name": c, "values": table.distinct(c)} for c in table.labels],
+            "map_methods": available_methods(),
             "fingerprint": version.fingerprint,
             "max_upload_bytes": request.app.state.max_upload_bytes,
         }
@@ -135,7 +137,14 @@ async def query(request: Request) -> JSONResponse:
 def map_route(request: Request) -> JSONResponse:
     color = request.query_params.get("color") or None
     limit = int_param(request, "limit", 20_000, 1, MAX_MAP)
-    return JSONResponse(map_payload(_state(request), color, limit))
+    method = request.query_params.get("method") or "pca"
+    if method not in available_methods():
+        raise ApiError(
+            400,
+            f"map method {short(method)} is not available here; use one of "
+            f"{', '.join(available_methods())} (umap needs umap-learn)",
+        )
+    return JSONResponse(map_payload(_state(request), color, limit, method))
 
 
 async def export(request: Request) -> Response:

@@ -76,22 +76,25 @@ def query_payload(state: ServeState, data: bytes, k: int) -> dict[str, Any]:
     return {"query": "upload", "results": nearest(state, version, vector, k)[0]}
 
 
-def map_payload(state: ServeState, color: str | None, limit: int) -> dict[str, Any]:
-    """Columnar 2-D PCA coordinates of (a sample of) the rows, with a column's values."""
+def map_payload(
+    state: ServeState, color: str | None, limit: int, method: str = "pca"
+) -> dict[str, Any]:
+    """Columnar 2-D coordinates (``method``: pca, umap, tsne) of (a sample of) the rows,
+    with a column's values."""
     version = state.current()
     table = version.table
     if color and color not in table.labels:
         raise ApiError(
             400, f"no label column {short(color)}; columns: {', '.join(table.labels) or 'none'}"
         )
-    frame = state.projection(version, limit)
+    frame = state.projection(version, limit, method)
     ids = [str(i) for i in frame["id"].tolist()]
     colors = None
     if color:
         rows = table.rows_in_order(ids)
         colors = [row[color] if row else None for row in table.labels_of(rows, [color])]
     return {
-        "method": "pca",
+        "method": method,
         "ids": ids,
         "x": np.round(frame["x"].to_numpy(dtype=np.float64), 5).tolist(),
         "y": np.round(frame["y"].to_numpy(dtype=np.float64), 5).tolist(),

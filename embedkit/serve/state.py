@@ -242,14 +242,15 @@ class ServeState:
 
         return self.vectors.get((version.fingerprint, column, value), make)
 
-    def projection(self, version: Version, limit: int) -> pd.DataFrame:
-        """A 2-D PCA of (a sample of ``limit`` of) the rows: ``id, x, y``."""
+    def projection(self, version: Version, limit: int, method: str = "pca") -> pd.DataFrame:
+        """A 2-D map (``method``: pca, umap, tsne) of (a sample of ``limit`` of) the rows:
+        ``id, x, y``."""
         try:
             from embedkit.algebra.projection import project
         except ImportError:
             raise ApiError(503, "this embedkit has no embedkit.algebra.projection") from None
 
         def make() -> pd.DataFrame:
-            return project(version.ds, method="pca", sample=limit, seed=0)
+            return project(version.ds, method=method, sample=limit, seed=0)
 
-        return self.projections.get((version.fingerprint, limit), make)
+        return self.projections.get((version.fingerprint, limit, method), make)

@@ -21,6 +21,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from embedkit.errors import BackboneError, BackboneNotFound
 from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.info import BackboneInfo
+from embedkit.plugins.seeding import model_building
 from embedkit_timm.crop_resize import CropResize, fuse
 from embedkit_timm.weights import load_weights
 
@@ -106,11 +107,11 @@ class TimmBackbone(Backbone):
     def _create(self) -> torch.nn.Module:
         try:
             if self.pretrained:
-                return timm.create_model(self.model_name, pretrained=True)
+                with model_building():  # its random init must not interleave with another's
+                    return timm.create_model(self.model_name, pretrained=True)
             # random (or about to be replaced) weights, seeded from the name: every process
             # (and every Ray actor) builds the same model, so its latents can be queried
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(name_seed(self.model_name))
+            with model_building(seed=name_seed(self.model_name)):
                 model = timm.create_model(self.model_name, pretrained=False)
             if self.weights is None:
                 warnings.warn(

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from embedkit.errors import BackboneError, InputError, first_line
 from embedkit.files import atomic_path
+from embedkit.plugins.seeding import model_building
 from embedkit_vae.models import AutoEncoder, ModelConfig
 
 __all__ = [
@@ -122,7 +123,8 @@ def load_model(run_dir: str | Path) -> tuple[AutoEncoder, dict[str, Any]]:
         raise BackboneError(
             f"weights file {path} is corrupt ({first_line(exc, 160)}); retrain or restore it"
         ) from exc
-    model = AutoEncoder(model_config)
+    with model_building():  # its random init must not interleave with a seeded build
+        model = AutoEncoder(model_config)
     check_weights(model, weights, path, model_config)
     model.load_state_dict(weights, strict=True)
     return model.eval(), config

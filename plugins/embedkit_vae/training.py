@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from embedkit.device import autocast_dtype, resolve_device
 from embedkit.errors import InputError
 from embedkit.files import atomic_path
+from embedkit.plugins.seeding import model_building
 from embedkit_vae.checkpoint import load_train_state
 from embedkit_vae.data import Source, batch_to_device, host_data, load_source, split_indices
 from embedkit_vae.models import AutoEncoder, ModelConfig, kl_divergence
@@ -155,8 +156,7 @@ def _start(
     progress: bool,
 ) -> _Run:
     """A freshly initialised model (seeded) and optimizer; the data stays on the host."""
-    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
-        torch.manual_seed(options["seed"])
+    with model_building(seed=options["seed"]):  # seeded, the caller's RNG untouched
         model = AutoEncoder(config).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=options["lr"])
     amp_dtype = autocast_dtype(dev)  # bf16, or fp16 where the GPU lacks bf16; None on CPU

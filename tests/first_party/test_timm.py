@@ -336,3 +336,28 @@ def test_random_weights_are_the_same_in_every_process():
 def test_random_weights_say_they_are_for_timing_only():
     with pytest.warns(UserWarning, match="random weights .*not as features"):
         embedkit.load_backbone("timm/resnet18", pretrained=False, device="cpu")
+
+
+def test_seeded_weights_hold_while_another_thread_builds_models():
+    """Random weights seeded by name come out the same while another thread builds models
+    from torch's global generator (the explorer loads its backbone in the background)."""
+    import threading
+
+    from embedkit.plugins import model_building
+
+    want = load("resnet18").weights_digest()
+    stop = threading.Event()
+
+    def build_others() -> None:
+        while not stop.is_set():
+            with model_building():
+                torch.nn.Linear(256, 256)
+
+    other = threading.Thread(target=build_others, daemon=True)
+    other.start()
+    try:
+        digests = {load("resnet18").weights_digest() for _ in range(3)}
+    finally:
+        stop.set()
+        other.join()
+    assert digests == {want}

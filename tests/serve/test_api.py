@@ -220,6 +220,11 @@ def test_map(vae_latents, client):
     sample = api.get("/api/map", params={"limit": 10}).json()
     assert (len(sample["ids"]), sample["sampled"], sample["color"]) == (10, True, None)
     _error(api.get("/api/map", params={"color": "nope"}), 400)
+    methods = api.get("/api/info").json()["map_methods"]
+    assert methods[0] == "pca"
+    if "umap" not in methods:  # the optional extra: a one-line 400 that says what to install
+        assert "umap-learn" in _error(api.get("/api/map", params={"method": "umap"}), 400)
+    assert "not available" in _error(api.get("/api/map", params={"method": "mds"}), 400)
 
 
 def test_export(vae_latents, client):
@@ -393,6 +398,7 @@ def test_a_timm_dataset_is_served_end_to_end(shapes, tmp_path, client):
     assert len(near) == 5 and "4" not in [r["id"] for r in near]
     image = shapes / "images" / "00004.png"
     found = api.post("/api/query", files={"image": image.read_bytes()}, params={"k": 1}).json()
+    assert "results" in found, found
     assert found["results"][0]["id"] == "4" and found["results"][0]["score"] > 0.999
     edit = {"id": "4", "column": "color", "value": "red", "alpha": 1, "k": 3}
     assert len(api.get("/api/edit", params=edit).json()["nearest"]) == 3

@@ -253,6 +253,14 @@
       holder.append(el("label", { class: "field" }, [el("span", { text: column.name }), select]));
     }
 
+    // map methods: what the server can run (pca always; umap, tsne with their extras)
+    const method = $("map-method");
+    method.replaceChildren(
+      ...(info.map_methods || ["pca"]).map((name) =>
+        el("option", { text: name.toUpperCase(), attrs: { value: name } }),
+      ),
+    );
+
     // map colours: any column; a listed one first
     const colour = $("map-color");
     colour.replaceChildren(el("option", { text: "(none)", attrs: { value: "" } }));
@@ -675,7 +683,7 @@
 
     async function load() {
       const column = $("map-color").value;
-      const params = new URLSearchParams({ limit: MAP_LIMIT });
+      const params = new URLSearchParams({ limit: MAP_LIMIT, method: $("map-method").value || "pca" });
       let next;
       if (column) params.set("color", column);
       setStatus("Computing the map…");
@@ -1223,6 +1231,7 @@
     });
 
     $("map-color").addEventListener("change", () => map.load());
+    $("map-method").addEventListener("change", () => map.load());
     $("export-csv").addEventListener("click", () => map.exportSelection("csv"));
     $("export-parquet").addEventListener("click", () => map.exportSelection("parquet"));
     $("selection-clear").addEventListener("click", () => map.clearSelection());
