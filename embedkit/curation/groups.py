@@ -50,6 +50,8 @@ def union_all(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
 def link_groups(a: np.ndarray, b: np.ndarray, n: int) -> Groups:
     """Groups of ``n`` nodes joined by links ``a - b``, numbered largest first (then by
     their lowest node); nodes without a link are groups of one."""
+    if n == 0:
+        return Groups(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     roots = union_all(a, b, n)
     degree = np.bincount(np.concatenate([a, b]), minlength=n)
     uniq, first_seen, inverse, sizes = np.unique(

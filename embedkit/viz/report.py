@@ -1,8 +1,10 @@
 """``embedkit report LATENTS``: an HTML page about any latent dataset.
 
 Sections: summary, a sample of the corpus, neighbour grids, k-means clusters, a PCA
-scatter coloured by a label, and — when the backbone decodes — reconstructions and
-interpolation strips. :func:`embedkit.demo.run_demo` adds latent-arithmetic sections.
+scatter coloured by a label, reconstructions and interpolation strips (when the backbone
+decodes), then curation: near-duplicates, outliers and (with a label column)
+possible label mistakes (:mod:`embedkit.viz.curation_sections`).
+:func:`embedkit.demo.run_demo` adds latent-arithmetic sections.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from embedkit.algebra.clusters import KMeansResult, kmeans
 from embedkit.index.persist import read_info
 from embedkit.index.search import neighbors
 from embedkit.store.dataset import LatentDataset, open_latents
+from embedkit.viz.curation_sections import curation_sections
 from embedkit.viz.grid import image_grid, save_png
 from embedkit.viz.html import Report, pca_2d, scatter_svg
 from embedkit.viz.pictures import LatentRenderer, interpolation_strip, neighbour_grid
@@ -123,9 +126,11 @@ def build_report(
     save_figure(report, out, "neighbours.png", caption, grid)
     result = cluster_section(report, ds, out, renderer, clusters, seed)
     stats["cluster_sizes"] = result.sizes.tolist()
-    projection_section(report, ds, _label_column(ds, label), result, seed)
+    label = _label_column(ds, label)
+    projection_section(report, ds, label, result, seed)
     if renderer.mode == "decode":
         decoder_sections(report, ds, out, renderer, seed)
+    stats.update(curation_sections(report, ds, out, label))
     return report, stats
 
 

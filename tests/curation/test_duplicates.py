@@ -158,3 +158,11 @@ def test_cli_writes_the_table(with_copies: Path) -> None:
     assert len(saved) == len(near_duplicates(with_copies, auto=True))
     result = CliRunner().invoke(get_cli(), ["duplicates", str(with_copies)])
     assert result.exit_code != 0 and "--threshold T or --auto" in result.output
+
+
+def test_groups_of_no_rows() -> None:
+    from embedkit.curation.groups import link_groups
+
+    empty = np.zeros(0, dtype=np.int64)
+    found = link_groups(empty, empty, 0)
+    assert len(found.group) == 0 and len(found.representative) == 0
