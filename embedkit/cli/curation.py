@@ -137,10 +137,12 @@ def map_command(
     """A 2-D map of the latents, optionally drawn as a PNG.
 
     Writes LATENTS/maps/METHOD.parquet: id, x, y."""
-    from embedkit.curation.maps import draw_map, map_colors, save_map
+    from embedkit.curation.maps import check_color_column, draw_map, map_colors, save_map
 
     if column and not out:
         raise click.UsageError("--color draws a PNG: pass -o map.png too")
+    if column:
+        check_color_column(latents, column)  # before the map is computed and written
     points, path = save_map(latents, method=method, sample=sample or None, seed=seed)
     click.echo(f"{len(points):,} points ({method}) -> {path}")
     if out:

@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = attach(
         "unusual": ["most_unique", "outliers", "uniqueness"],
         "mislabels": ["label_issues"],
         "diverse": ["coverage_radius", "diverse_subset"],
-        "maps": ["draw_map", "map_colors", "save_map"],
+        "maps": ["check_color_column", "draw_map", "map_colors", "save_map"],
         "knn": ["curation_index"],
         "tables": ["write_frame"],
     },

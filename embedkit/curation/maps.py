@@ -16,7 +16,7 @@ from embedkit.errors import InputError
 from embedkit.files import atomic_path
 from embedkit.store.dataset import LatentDataset, open_latents
 
-__all__ = ["MAPS_DIR", "draw_map", "map_colors", "save_map"]
+__all__ = ["MAPS_DIR", "check_color_column", "draw_map", "map_colors", "save_map"]
 
 MAPS_DIR = "maps"
 #: categorical colours (Tableau 10), then grey for the rest beyond them
@@ -49,14 +49,20 @@ def save_map(
     return points, path
 
 
-def map_colors(latents: str | Path | LatentDataset, points: pd.DataFrame, column: str) -> pd.Series:
-    """The values of the carried ``column`` for each row of ``points`` (joined on id)."""
+def check_color_column(latents: str | Path | LatentDataset, column: str) -> LatentDataset:
+    """The opened dataset, or a one-line error when it has no carried ``column``."""
     ds = open_latents(latents)
     if column not in ds.columns or column == "id":
         raise InputError(
             f"no column {column!r} in {ds.path} to colour the map by; columns: "
             f"{', '.join(c for c in ds.columns if c != 'id')}"
         )
+    return ds
+
+
+def map_colors(latents: str | Path | LatentDataset, points: pd.DataFrame, column: str) -> pd.Series:
+    """The values of the carried ``column`` for each row of ``points`` (joined on id)."""
+    ds = check_color_column(latents, column)
     table = ds.to_table(["id", column]).to_pandas().drop_duplicates("id")
     values = table.set_index("id")[column]
     return values.reindex(points["id"].to_numpy()).reset_index(drop=True).rename(column)

@@ -32,5 +32,6 @@ def test_numeric_colours_and_errors(clean: Path, tmp_path: Path) -> None:
     assert draw_map(points, tmp_path / "m.png", scale).is_file()
     result = CliRunner().invoke(get_cli(), ["map", str(clean), "--color", "nope", "-o", "x.png"])
     assert result.exit_code != 0 and "no column 'nope'" in str(result.exception)
+    assert "points" not in result.output  # refused before the map was computed and written
     result = CliRunner().invoke(get_cli(), ["map", str(clean), "--color", "shape"])
     assert result.exit_code != 0 and "pass -o map.png" in result.output
