@@ -192,12 +192,12 @@ def label_issues_section(
         return found
     report.text(f"{int(found['issue'].sum()):,} rows' neighbours suggest another {column}.")
     captions = [
-        f"{a} → {b} ({c:.2f})"
+        f"{a} -> {b} ({c:.2f})"
         for a, b, c in zip(issues["label"], issues["suggested"], issues["confidence"], strict=True)
     ]
     images = source_thumbnails(ds, issues["id"].tolist(), 128)
     grid = image_grid(_chunks(images, 4), 128, _chunks(captions, 4))
-    caption = f"label X → suggested Y (confidence), by {column}"
+    caption = f"label X -> suggested Y (confidence), by {column}"
     _figure(report, out, "label_issues.png", caption, grid)
     shown = issues[["id", "label", "suggested", "confidence", "agreement"]]
     report.table(shown.rename(columns={"label": column}))
