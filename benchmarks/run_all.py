@@ -33,6 +33,7 @@ SCRIPTS = {
         ["--index", "ivf", "--item-rows", "1000000"],
         ["--rows", "5000", "--dim", "64", "--item-rows", "20000"],
     ),
+    "curation.py": (["--rows", "200000"], ["--rows", "20000", "--baseline-rows", "5000"]),
     "read_latents.py": ([], ["--rows", "200000"]),
     "memory.py": ([], ["--n", "200", "--index-rows", "10000"]),
     "ray_throughput.py": (
