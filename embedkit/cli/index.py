@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
 
@@ -77,7 +80,12 @@ def index_command(
     default="table",
     show_default=True,
 )
-@click.option("--out", "-o", "grid", default=None, help="Also draw the neighbours as a PNG grid.")
+@click.option("--ids-from", default=None, help="Query ids from a file (.txt, or a table with id).")
+@click.option("--images-from", default=None, help="Query by every image in a folder.")
+@click.option(
+    "--out", "-o", "out", default=None,
+    help="Write the results: .parquet or .csv (a table), .png (a grid of the neighbours).",
+)  # fmt: skip
 def search_command(
     latents: str,
     ids: tuple[str, ...],
@@ -88,22 +96,19 @@ def search_command(
     metric: str | None,
     nprobe: int | None,
     fmt: str,
-    grid: str | None,
+    ids_from: str | None,
+    images_from: str | None,
+    out: str | None,
 ) -> None:
-    """Nearest neighbours of ids, vectors or images in LATENTS."""
-    from embedkit.index.queries import load_vector_file
-    from embedkit.index.search import neighbors
-
-    frame = neighbors(
-        latents,
-        ids=list(ids) or None,
-        vectors=load_vector_file(vector_file) if vector_file else None,
-        images=list(images) or None,
-        k=k,
-        exclude_self=not include_self,
-        metric=metric,
-        nprobe=nprobe,
-    )
+    """Nearest neighbours of ids, vectors or images in LATENTS (thousands at once with
+    --ids-from / --images-from)."""
+    options = {"k": k, "exclude_self": not include_self, "metric": metric, "nprobe": nprobe}
+    frame = _search_frame(latents, ids, vector_file, images, ids_from, images_from, options)
+    if out and Path(out).suffix.lower() in (".parquet", ".csv"):
+        _write_hits(frame, Path(out))
+        click.echo(f"{frame['query'].nunique():,} queries, {len(frame):,} rows -> {out}")
+        return
+    grid = out
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
     elif fmt == "json":
@@ -119,3 +124,41 @@ def search_command(
         click.echo(f"grid -> {grid}", err=True)
     if frame.attrs.get("searched_on") == "gpu":  # the CPU is the rule, not worth a line
         click.echo("searched on gpu", err=True)
+
+
+def _search_frame(
+    latents: str,
+    ids: tuple[str, ...],
+    vector_file: str | None,
+    images: tuple[str, ...],
+    ids_from: str | None,
+    images_from: str | None,
+    options: dict,
+) -> Any:
+    from embedkit.index.batch_search import read_query_ids, search_many
+    from embedkit.index.queries import load_vector_file
+    from embedkit.index.search import neighbors
+
+    if ids_from or images_from:
+        if ids or images or vector_file or (ids_from and images_from):
+            raise click.UsageError("--ids-from / --images-from replace the other queries")
+        many = read_query_ids(ids_from) if ids_from else None
+        return search_many(latents, ids=many, images=images_from, progress=True, **options)
+    return neighbors(
+        latents,
+        ids=list(ids) or None,
+        vectors=load_vector_file(vector_file) if vector_file else None,
+        images=list(images) or None,
+        **options,
+    )
+
+
+def _write_hits(frame: Any, path: Path) -> None:
+    """The result table, written atomically (Parquet, or CSV by the suffix)."""
+    from embedkit.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)

@@ -20,5 +20,6 @@ __getattr__, __dir__, __all__ = attach(
         "persist": ["read_info"],
         "queries": ["load_vector_file"],
         "search": ["clear_index_cache", "neighbors"],
+        "batch_search": ["read_query_ids", "search_many"],
     },
 )
