@@ -17,9 +17,7 @@ frame is built from its blocks. See docs/search.md, "What a call costs".
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -40,7 +38,7 @@ from embedkit.index.persist import read_info
 from embedkit.index.queries import as_list, image_vectors, query_vectors
 from embedkit.index.results import results_frame
 from embedkit.store.dataset import LatentDataset, open_latents
-from embedkit.store.format import PART_GLOB, missing_ids_message
+from embedkit.store.format import file_stamp, missing_ids_message, part_stamps
 
 __all__ = ["RACY_NS", "clear_index_cache", "neighbors"]
 
@@ -58,7 +56,6 @@ _opened: OrderedDict[tuple, tuple[tuple, LatentDataset]] = OrderedDict()  # fold
 _fingerprints: OrderedDict[tuple, str] = OrderedDict()  # part stats -> fingerprint
 _infos: OrderedDict[tuple, IndexInfo] = OrderedDict()  # index.json stat -> its content
 _lock = threading.Lock()
-_is_part = re.compile(fnmatch.translate(PART_GLOB)).match  # what part_files globs for
 
 
 def clear_index_cache() -> None:
@@ -84,19 +81,8 @@ def _remember(cache: OrderedDict, key: Any, value: Any, size: int = 4 * _CACHE_S
             cache.popitem(last=False)
 
 
-def _stat(path: str | Path) -> tuple:
-    st = os.stat(path)
-    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
-
-def _part_stats(folder: str) -> tuple:
-    """:func:`_stat` of each part in ``folder``, in name order (one listdir, a stat each)."""
-    names = sorted(name for name in os.listdir(folder) if _is_part(name))
-    return tuple(_stat(os.path.join(folder, name)) for name in names)
-
-
 def _settled(stats: tuple) -> bool:
-    """Whether every file of ``stats`` (from :func:`_stat`) last changed over RACY_NS ago."""
+    """Whether every file of ``stats`` (from `file_stamp`) last changed over RACY_NS ago."""
     newest = max((max(s[2], s[3]) for s in stats), default=0)
     return newest < time.time_ns() - RACY_NS
 
@@ -109,7 +95,7 @@ def _open(latents: str | Path | LatentDataset) -> tuple[LatentDataset, tuple | N
     folder = os.fspath(latents)
     key = (folder, os.path.abspath(folder))  # messages name the path as given
     try:
-        stats = _part_stats(folder)  # taken before anything is read
+        stats = part_stamps(folder)  # taken before anything is read
     except OSError:
         stats = ()  # no folder, or a part vanished meanwhile: open afresh, cache nothing
     hit = _recall(_opened, key)
@@ -129,7 +115,7 @@ def _fingerprint(ds: LatentDataset, stats: tuple | None = None) -> tuple[str, tu
     are unchanged; and those stats, None when a part changed too recently to trust them."""
     try:
         if stats is None:
-            stats = tuple(_stat(f) for f in ds.files)  # taken before the footers are read
+            stats = tuple(file_stamp(f) for f in ds.files)  # taken before the footers are read
     except OSError:
         return view_fingerprint(ds), None  # raises as the uncached call would
     fingerprint = _recall(_fingerprints, stats)
@@ -148,7 +134,7 @@ def _saved_info(ds: LatentDataset) -> tuple[IndexInfo | None, tuple | None]:
     """``index.json`` of ``ds`` (reused while its stat is unchanged) and that stat (None
     when it changed too recently to trust it)."""
     try:
-        stamp = _stat(os.path.join(ds.path, INDEX_DIR, INFO_FILE))  # index_dir(ds) / INFO_FILE
+        stamp = file_stamp(os.path.join(ds.path, INDEX_DIR, INFO_FILE))  # index_dir(ds) / INFO_FILE
     except FileNotFoundError:
         return None, None
     if not _settled((stamp,)):

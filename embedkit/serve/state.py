@@ -9,7 +9,6 @@ Every request asks :meth:`ServeState.current` for the version of the dataset; it
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import threading
 from collections import OrderedDict
@@ -26,7 +25,7 @@ from embedkit.serve.responses import ApiError, short
 from embedkit.serve.table import LabelTable
 from embedkit.serve.thumbs import ThumbCache
 from embedkit.store.dataset import LatentDataset, open_latents
-from embedkit.store.format import PART_GLOB
+from embedkit.store.format import part_stamps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,16 +38,6 @@ __all__ = ["ServeState", "Version"]
 #: attribute vectors and projections kept (the oldest are dropped)
 KEPT_VECTORS = 64
 KEPT_PROJECTIONS = 4
-
-
-def _part_stats(folder: Path) -> tuple:
-    """Name, size, mtime, ctime and inode of each part: what says a part changed."""
-    names = sorted(n for n in os.listdir(folder) if fnmatch.fnmatch(n, PART_GLOB))
-    stats = []
-    for name in names:
-        st = os.stat(folder / name)
-        stats.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
-    return tuple(stats)
 
 
 class Version:
@@ -149,7 +138,7 @@ class ServeState:
     def current(self) -> Version:
         """The dataset as it is now (a new :class:`Version` when a part changed)."""
         try:
-            stats = _part_stats(self.path)
+            stats = part_stamps(self.path)
         except OSError:
             stats = None
         with self._lock:

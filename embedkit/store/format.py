@@ -16,7 +16,10 @@ backbone info, dim, normalization, dtype, embedkit version and creation time.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +43,10 @@ __all__ = [
     "SOURCE_SIZE",
     "LatentMeta",
     "error_files",
+    "file_stamp",
     "missing_ids_message",
     "part_files",
+    "part_stamps",
     "read_errors",
     "read_meta",
     "vectors_from_column",
@@ -95,6 +100,23 @@ class LatentMeta:
 
 def part_files(path: Path) -> list[Path]:
     return sorted(path.glob(PART_GLOB))
+
+
+_is_part = re.compile(fnmatch.translate(PART_GLOB)).match  # what part_files globs for
+
+
+def file_stamp(path: str | os.PathLike) -> tuple:
+    """``(path, size, mtime_ns, ctime_ns, inode, device)`` of a file, from one ``stat``:
+    what says a file changed (ctime cannot be set back by a program)."""
+    st = os.stat(path)
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def part_stamps(folder: str | os.PathLike) -> tuple:
+    """:func:`file_stamp` of each part in ``folder``, in name order: one ``listdir`` and a
+    ``stat`` each, no Parquet footer read (how caches check a dataset is unchanged)."""
+    names = sorted(name for name in os.listdir(folder) if _is_part(name))
+    return tuple(file_stamp(os.path.join(folder, name)) for name in names)
 
 
 def read_meta(file: Path) -> LatentMeta:

@@ -138,14 +138,17 @@ def test_a_rewrite_within_the_clock_tick_is_never_served_stale(
     in-place rewrite, the part's stat is unchanged: nothing learnt right after a write may
     be kept."""
     path, x = lat
-    real, first = search._stat, {}
+    import embedkit.store.format as store_format
+
+    real, first = store_format.file_stamp, {}
 
     def coarse(file: Path) -> tuple:  # times frozen at the first look: the clock never ticks
         stat = real(file)
         first.setdefault(stat[0], stat[2:4])
         return (stat[0], stat[1], *first[stat[0]], *stat[4:])
 
-    monkeypatch.setattr(search, "_stat", coarse)
+    monkeypatch.setattr(store_format, "file_stamp", coarse)  # part_stamps looks through it
+    monkeypatch.setattr(search, "file_stamp", coarse)
     part = open_latents(path).files[0]
     assert top1(path, ids=["r0"], exclude_self=False) == ["r0"]
     data, perm = shuffled_part(part, seed=6)
