@@ -80,7 +80,9 @@ class TimmBackbone(Backbone):
         self.pretrained = bool(pretrained) and self.weights is None
         self.model = self._create()
         if self.weights is not None:
-            load_weights(self.model, self.weights, model_name)
+            remapped = load_weights(self.model, self.weights, model_name)
+            if remapped:
+                warnings.warn(remapped, stacklevel=3)
         self.model.eval()
         self.layers = self._check_layers(layers)
         channels = [info["num_chs"] for info in self.model.feature_info]
