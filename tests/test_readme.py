@@ -16,6 +16,7 @@ import embedkit
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The README uses timm/resnet18 (hub weights, needs a network) and full-size settings; the
 # same commands run offline and fast with the weight-free pixels backbone and a small corpus.
+# pretrained/efficientnet_lite0 runs as printed: its weights come with a package.
 OFFLINE = {
     "timm/resnet18": "pixels",
     "--n 2000 --size 64": "--n 300 --size 32",

@@ -42,6 +42,14 @@ def with_copies(everything: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clean_pretrained(shapes_root: Path) -> Path:
+    """The originals through the ImageNet-trained EfficientNet-Lite0 (about 30 s)."""
+    out = shapes_root.parent / "clean_pretrained"
+    embed(shapes_root / "labels.parquet", "pretrained/efficientnet_lite0", out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def clean(everything: Path) -> Path:
     """The originals only."""
     return subset(everything, everything.parent / "clean", lambda t: t["kind"] == "original")
