@@ -61,6 +61,7 @@ __getattr__, __dir__, __all__ = attach(
             "outliers",
             "uniqueness",
         ],
+        "embedkit.probes.measure": ["probe"],
         "embedkit.serve.server": ["serve"],
         "embedkit.demo": ["run_demo"],
     },

@@ -247,6 +247,7 @@ LAYERS = [
     {"embedkit.store"},
     {"embedkit.pipeline", "embedkit.index", "embedkit.algebra"},
     {"embedkit.curation"},
+    {"embedkit.probes"},
     {"embedkit.viz"},
     {"embedkit.serve"},
     {"embedkit.demo"},

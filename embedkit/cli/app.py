@@ -13,7 +13,7 @@ import warnings
 
 import click
 
-from embedkit.cli import algebra, curation, embed, index, pictures, plugins, report, serve
+from embedkit.cli import algebra, curation, embed, index, pictures, plugins, probe, report, serve
 from embedkit.errors import EmbedkitError
 from embedkit.plugins.manager import call_hook
 
@@ -39,6 +39,7 @@ for command in (
     algebra.attributes,
     algebra.cluster,
     algebra.centroids,
+    probe.probe,
     pictures.sweep,
     pictures.interpolate,
     pictures.analogy,

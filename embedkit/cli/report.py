@@ -10,14 +10,23 @@ import click
 @click.option("--out", "-o", "out_dir", default=None, help="Folder (default: LATENTS/report).")
 @click.option("--label", default=None, help="Column to colour the projection by.")
 @click.option("--seed", default=0, show_default=True)
-def report(latents: str, out_dir: str | None, label: str | None, seed: int) -> None:
-    """Write an HTML report (neighbours, clusters, projection, decoder views) for LATENTS."""
+@click.option(
+    "--compare",
+    multiple=True,
+    help="Other latents of the same images, probed beside LATENTS (repeatable).",
+)
+def report(
+    latents: str, out_dir: str | None, label: str | None, seed: int, compare: tuple[str, ...]
+) -> None:
+    """Write an HTML report (neighbours, clusters, projection, decoder views, what the
+    latents encode) for LATENTS."""
     from pathlib import Path
 
     from embedkit.viz.report import latents_report
 
     target = out_dir or str(Path(latents) / "report")
-    click.echo(f"report -> {latents_report(latents, target, label=label, seed=seed)}")
+    written = latents_report(latents, target, label=label, seed=seed, compare=compare)
+    click.echo(f"report -> {written}")
 
 
 @click.command()

@@ -21,6 +21,11 @@ class BackboneInfo:
     the weights actually loaded, the precision they ran in, the embedkit version, and
     what a plugin adds (e.g. timm's version and pretrained tag). It is filled when
     latents are written (:meth:`embedkit.Backbone.identified_info`).
+
+    ``segments`` describes a vector made of concatenated parts, in order, as
+    ``((name, width), ...)`` (timm's ``layers=`` gives ``(("stage1", 24), ...)``);
+    empty for a vector of one piece. It is descriptive: not part of the latent space
+    (:meth:`differences` ignores it), and stored only when present.
     """
 
     name: str
@@ -28,9 +33,13 @@ class BackboneInfo:
     dtype: str = "float32"
     config: dict[str, Any] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
+    segments: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.segments:  # datasets written before segments existed look the same
+            del data["segments"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BackboneInfo:
@@ -41,6 +50,7 @@ class BackboneInfo:
             dtype=data.get("dtype", "float32"),
             config=data.get("config") or {},
             identity=data.get("identity") or {},
+            segments=tuple((str(name), int(width)) for name, width in data.get("segments") or ()),
         )
 
     def space_config(self) -> dict[str, Any]:

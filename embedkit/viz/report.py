@@ -2,14 +2,16 @@
 
 Sections: summary, a sample of the corpus, neighbour grids, k-means clusters, a PCA
 scatter coloured by a label, reconstructions and interpolation strips (when the backbone
-decodes), then curation: near-duplicates, outliers and (with a label column)
-possible label mistakes (:mod:`embedkit.viz.curation_sections`).
+decodes), what the latents encode (probes of the carried labels, other datasets beside:
+:mod:`embedkit.viz.probe_section`), then curation: near-duplicates, outliers and (with a
+label column) possible label mistakes (:mod:`embedkit.viz.curation_sections`).
 :func:`embedkit.demo.run_demo` adds latent-arithmetic sections.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from embedkit.viz.curation_sections import curation_sections
 from embedkit.viz.grid import image_grid, save_png
 from embedkit.viz.html import Report, pca_2d, scatter_svg
 from embedkit.viz.pictures import LatentRenderer, interpolation_strip, neighbour_grid
+from embedkit.viz.probe_section import probe_section
 
 __all__ = [
     "build_report",
@@ -104,9 +107,11 @@ def build_report(
     k: int = 8,
     seed: int = 0,
     title: str | None = None,
+    compare: Sequence[str | Path | LatentDataset] = (),
 ) -> tuple[Report, dict]:
     """Fill a :class:`Report` about ``latents``; PNGs go to ``out_dir``. Returns the
-    report (not yet written) and a dict of headline numbers."""
+    report (not yet written) and a dict of headline numbers. ``compare``: other latent
+    datasets of the same images, probed beside this one."""
     ds = open_latents(latents)
     out = Path(out_dir)
     report = Report(title or f"embedkit report: {ds.path.name}")
@@ -130,6 +135,9 @@ def build_report(
     projection_section(report, ds, label, result, seed)
     if renderer.mode == "decode":
         decoder_sections(report, ds, out, renderer, seed)
+    probes = probe_section(report, ds, compare, seed)
+    if probes is not None:
+        stats["probes"] = probes.to_dict("records")
     stats.update(curation_sections(report, ds, out, label))
     return report, stats
 
@@ -178,11 +186,13 @@ def latents_report(
     out_dir: str | os.PathLike,
     label: str | None = None,
     seed: int = 0,
+    compare: Sequence[str | Path | LatentDataset] = (),
 ) -> Path:
     """Write ``out_dir/report.html`` (plus PNGs) for any latent dataset; returns its path.
+    ``compare``: other latent datasets of the same images, probed beside this one.
 
     Example:
-        >>> latents_report("latents/", "report/")
+        >>> latents_report("latents/", "report/", compare=["lite0-latents/"])
     """
-    report, _ = build_report(latents, out_dir, label=label, seed=seed)
+    report, _ = build_report(latents, out_dir, label=label, seed=seed, compare=compare)
     return report.write(Path(out_dir) / "report.html")

@@ -88,8 +88,11 @@ class TimmBackbone(Backbone):
         channels = [info["num_chs"] for info in self.model.feature_info]
         if self.layers is None:
             dim = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+            segments = ()
         else:
             dim = sum(channels[i] for i in self.layers)
+            # each stage's pooled width, named by its layers= index: probes split on them
+            segments = tuple((f"stage{i}", int(channels[i])) for i in self.layers)
         self._info = BackboneInfo(
             name=f"timm/{model_name}",
             dim=int(dim),
@@ -98,6 +101,7 @@ class TimmBackbone(Backbone):
                 "weights": self.weights,
                 "layers": list(self.layers) if self.layers is not None else None,
             },
+            segments=segments,
         )
         data_config = timm.data.resolve_model_data_config(self.model)
         self.transform = timm.data.create_transform(**data_config, is_training=False)
