@@ -29,6 +29,11 @@ SCRIPTS = {
     "decode_rate.py": (["--repeats", "3"], ["--n", "100", "--repeats", "1"]),
     "search.py": ([], ["--rows", "20000"]),
     "query_overhead.py": ([], ["--rows", "20000", "--calls", "50"]),
+    "incremental_index.py": (["--rows", "200000"], ["--rows", "50000"]),
+    "filtered_search.py": (
+        ["--rows", "200000"],
+        ["--rows", "50000", "--singles", "50", "--sweep", "20,100"],
+    ),
     "serve_latency.py": (
         ["--index", "ivf", "--item-rows", "1000000"],
         ["--rows", "5000", "--dim", "64", "--item-rows", "20000"],

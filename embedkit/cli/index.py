@@ -1,4 +1,5 @@
-"""``embedkit index`` and ``embedkit search``: build a FAISS index, query neighbours."""
+"""``embedkit index`` and ``embedkit search``: build a FAISS index (or bring it up to
+date), query neighbours (within a filter, or a radius)."""
 
 from __future__ import annotations
 
@@ -10,36 +11,44 @@ import click
 
 @click.command("index")
 @click.argument("latents")
-@click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default=None,
+              help="Default: the saved index's, else cosine.")  # fmt: skip
 @click.option(
     "--kind",
-    default="auto",
-    show_default=True,
-    help="auto|flat|ivf|hnsw|ivfpq|ivfsq or a faiss factory.",
+    default=None,
+    help="auto|flat|ivf|hnsw|ivfpq|ivfsq or a faiss factory (default: the saved index's, "
+    "else auto).",
 )
 @click.option("--memory-budget", default=None, help="Bytes the index may use, e.g. 2GB.")
-@click.option("--recall-sample", default=1000, show_default=True, help="Queries for recall@10.")
+@click.option("--recall-sample", default=None, type=int, help="Queries for recall@10 [1000].")
 @click.option("--no-gpu", is_flag=True, help="Build on the CPU even when a GPU is present.")
+@click.option("--rebuild", is_flag=True, help="Rebuild even when an update in place would do.")
 def index_command(
     latents: str,
-    metric: str,
-    kind: str,
+    metric: str | None,
+    kind: str | None,
     memory_budget: str | None,
-    recall_sample: int,
+    recall_sample: int | None,
     no_gpu: bool,
+    rebuild: bool,
 ) -> None:
-    """Build a FAISS index in LATENTS/index/ and report its recall@10."""
-    from embedkit.index.build import build_index
+    """Build a FAISS index in LATENTS/index/, or bring the saved one up to date (rows of
+    new parts added, those of removed parts taken out; a rebuild when it no longer fits
+    its choice), and report its recall@10."""
+    from embedkit.index.update import update_index
 
-    built = build_index(
+    built = update_index(
         latents,
         metric=metric,
         kind=kind,
         memory_budget=memory_budget,
         recall_sample=recall_sample,
         gpu=False if no_gpu else None,
+        rebuild=rebuild,
+        progress=True,
     )
     info = built.info
+    click.echo(_action_line(info.update))
     recall = "not measured" if info.recall is None else f"{info.recall:.3f}"
     if info.recall_lower is not None:
         recall += f" (bound {info.recall_lower:.3f} >= {info.target_recall}?"
@@ -64,6 +73,16 @@ def index_command(
     click.echo(f"index   -> {built.path}")
 
 
+def _action_line(update: dict) -> str:
+    """What ``embedkit index`` did, and why (``IndexInfo.update``)."""
+    words = {"build": "built", "rebuild": "rebuilt", "update": "updated in place",
+             "unchanged": "up to date"}  # fmt: skip
+    line = f"action     {words.get(update.get('action'), update.get('action'))}: {update['reason']}"
+    if update.get("action") == "update":
+        line += f" ({update['seconds']:.1f}s; recall {update['measured_on']})"
+    return line
+
+
 @click.command("search")
 @click.argument("latents")
 @click.option("--id", "ids", multiple=True, help="Query by latent id (repeatable).")
@@ -73,6 +92,18 @@ def index_command(
 @click.option("--include-self", is_flag=True, help="Keep the query row in --id results.")
 @click.option("--metric", type=click.Choice(["cosine", "l2"]), default=None)
 @click.option("--nprobe", type=int, default=None, help="Override the tuned IVF nprobe.")
+@click.option(
+    "--where",
+    default=None,
+    help="Search only rows matching a condition, e.g. \"color = 'red' AND year >= 2023\".",
+)
+@click.option(
+    "--radius",
+    type=float,
+    default=None,
+    help="Every neighbour with score >= R (cosine) or distance <= R (l2), instead of -k.",
+)
+@click.option("--update", is_flag=True, help="Bring a stale index up to date first.")
 @click.option(
     "--format",
     "fmt",
@@ -96,14 +127,19 @@ def search_command(
     metric: str | None,
     nprobe: int | None,
     fmt: str,
+    where: str | None,
+    radius: float | None,
+    update: bool,
     ids_from: str | None,
     images_from: str | None,
     out: str | None,
 ) -> None:
     """Nearest neighbours of ids, vectors or images in LATENTS (thousands at once with
-    --ids-from / --images-from)."""
-    options = {"k": k, "exclude_self": not include_self, "metric": metric, "nprobe": nprobe}
-    frame = _search_frame(latents, ids, vector_file, images, ids_from, images_from, options)
+    --ids-from / --images-from), among the rows matching --where, or all within --radius."""
+    options = {"k": k, "exclude_self": not include_self, "metric": metric, "nprobe": nprobe,
+               "radius": radius, "update": update}  # fmt: skip
+    target = _latents(latents, where)
+    frame = _search_frame(target, ids, vector_file, images, ids_from, images_from, options)
     if out and Path(out).suffix.lower() in (".parquet", ".csv"):
         _write_hits(frame, Path(out))
         click.echo(f"{frame['query'].nunique():,} queries, {len(frame):,} rows -> {out}")
@@ -124,10 +160,23 @@ def search_command(
         click.echo(f"grid -> {grid}", err=True)
     if frame.attrs.get("searched_on") == "gpu":  # the CPU is the rule, not worth a line
         click.echo("searched on gpu", err=True)
+    if where:
+        click.echo(f"{frame.attrs.get('search')}: {frame.attrs.get('search_reason')}", err=True)
+
+
+def _latents(latents: str, where: str | None) -> Any:
+    """LATENTS, or its rows matching ``--where``."""
+    if not where:
+        return latents
+    from embedkit.index.where import parse_where
+    from embedkit.store.dataset import open_latents
+
+    ds = open_latents(latents)
+    return ds.filter(parse_where(where, ds.columns))
 
 
 def _search_frame(
-    latents: str,
+    latents: Any,
     ids: tuple[str, ...],
     vector_file: str | None,
     images: tuple[str, ...],

@@ -5,6 +5,10 @@ plan (choose the index: for ``auto``, by measuring candidates on a sample, see
 (collect them, train) -> add pass (add the rest, exact ground truth for the queries on
 the way) -> tune (raise search parameters until the recall bound reaches the target) ->
 final add (the held-out rows, in two halves with a recall check between) -> save.
+On the way, the parameters a filtered search needs are measured (recall@(10·k), see
+:mod:`embedkit.index.filtered`), and the recall queries are kept with their exact
+neighbours and the part of each row recorded, so the index can later be updated in place
+(:mod:`embedkit.index.update`).
 
 Vectors stream from the Parquet parts; nothing holds the whole dataset in memory but the
 index itself (and bounded samples). ``auto``'s candidates are in :mod:`~.choose`."""
@@ -14,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -25,12 +29,15 @@ from tqdm import tqdm
 
 from embedkit.errors import InputError
 from embedkit.index.choose import IndexChoice
+from embedkit.index.filtered import calibrate_filtered
 from embedkit.index.gpu import GpuHelper, to_gpu
 from embedkit.index.info import IndexInfo
 from embedkit.index.loaded import LoadedIndex
 from embedkit.index.metric import METRICS
+from embedkit.index.parts import part_of_positions, part_records
 from embedkit.index.persist import save_index
 from embedkit.index.plan import TARGET_RECALL, BuildPlan, new_index, plan_build, training_rows
+from embedkit.index.recall_set import TRUTH_DEPTH, RecallSet
 from embedkit.index.select import collect_rows, progress_bar, stream_batches
 from embedkit.index.tune import (
     AfterAdd,
@@ -80,7 +87,8 @@ def add_pass(
     k nearest neighbours on the way. Returns the ids in faiss row order and the true
     neighbours with their distances (None without queries)."""
     k_eff = min(plan.k, plan.n - len(queries))
-    kk = min(2 * plan.k, plan.n - len(queries))  # k and as many more: ties past the k-th
+    # k and more: ties past the k-th, and the depth a filtered search is calibrated on
+    kk = min(max(2, TRUTH_DEPTH) * plan.k, plan.n - len(queries))
     keep_max = plan.metric == "cosine"
     heap = faiss.ResultHeap(len(queries), kk, keep_max=keep_max) if len(queries) else None
     id_parts: list[np.ndarray] = []
@@ -206,22 +214,65 @@ def _build(
             work, on_gpu = clone, True
     id_parts, truth = add_pass(plan, work, queries, helper, progress, batch_size)
     tuned = tune_pass(plan, work, queries, truth, on_gpu, target_recall)
-    check = AfterAdd()
-    if truth is not None and tuned is not None:
-        knn = partial(_knn, metric=plan.metric, gpu=helper)
-        tuned, check, order = add_held_out(work, queries, truth, tuned, knn, target_recall, on_gpu)
-        id_parts.extend(query_ids[part] for part in order)
-    elif len(queries):
-        work.add(queries)
-        id_parts.append(query_ids)
-    if progress and tuned is not None:
-        tqdm.write(f"recall@{plan.k} = {tuned.recall:.3f} with {tuned.params or 'exact search'}")
-    info = _info(plan, tuned, check, len(queries), recall_sample, target_recall, on_gpu, work)
+    held = _add_queries(plan, work, queries, truth, tuned, helper, on_gpu, target_recall)
+    id_parts.extend(query_ids[part] for part in held.order)
+    if progress and held.tuned is not None:
+        params = held.tuned.params or "exact search"
+        tqdm.write(f"recall@{plan.k} = {held.tuned.recall:.3f} with {params}")
+    info = _info(plan, held, len(queries), recall_sample, target_recall, on_gpu, work)
     ids = np.concatenate(id_parts) if id_parts else np.array([], dtype=object)
     return LoadedIndex(
         index=work, ids=ids, info=info, dataset=plan.ds, on_gpu=on_gpu,
-        gpu=None if plan.gpu else False,
+        gpu=None if plan.gpu else False, part_of=_part_of(plan, held.order), recall=held.recall,
     )  # fmt: skip
+
+
+@dataclass
+class HeldOut:
+    """The recall queries once added: the final tuning, the check made while adding them,
+    the order they went in, the recall set kept, and the filtered-search parameters."""
+
+    tuned: Tuned | None
+    check: AfterAdd = field(default_factory=AfterAdd)
+    order: list[np.ndarray] = field(default_factory=list)
+    recall: RecallSet | None = None
+    filter_params: dict[str, float] = field(default_factory=dict)
+
+
+def _add_queries(
+    plan: BuildPlan,
+    work: faiss.Index,
+    queries: np.ndarray,
+    truth: Truth | None,
+    tuned: Tuned | None,
+    helper: GpuHelper | None,
+    on_gpu: bool,
+    target: float,
+) -> HeldOut:
+    """Add the held-out queries (in two checked halves when recall was measured), after
+    measuring the filtered-search parameters on them; keep them as the recall set."""
+    if truth is None or tuned is None:
+        if len(queries):
+            work.add(queries)
+        return HeldOut(tuned, order=[np.arange(len(queries))])
+    filter_params = calibrate_filtered(work, queries, truth, tuned.params, target, on_gpu)
+    first_row = int(work.ntotal)
+    knn = partial(_knn, metric=plan.metric, gpu=helper)
+    tuned, check, order = add_held_out(work, queries, truth, tuned, knn, target, on_gpu)
+    labels = np.empty(len(queries), dtype=np.int64)
+    labels[np.concatenate(order)] = first_row + np.arange(len(queries))
+    recall = RecallSet.from_build(queries, labels, truth, knn)
+    return HeldOut(tuned, check, order, recall, filter_params)
+
+
+def _part_of(plan: BuildPlan, order: list[np.ndarray]) -> np.ndarray | None:
+    """The part of each faiss row: the rows went in in stream order, the queries last."""
+    if plan.parts is None:
+        return None
+    rest = np.ones(plan.n, dtype=bool)
+    rest[plan.query_pos] = False
+    positions = np.concatenate([np.flatnonzero(rest), *(plan.query_pos[o] for o in order)])
+    return part_of_positions([s.rows for s in plan.parts], positions)
 
 
 def _fallback(plan: BuildPlan, info: IndexInfo) -> IndexChoice | None:
@@ -261,14 +312,14 @@ def _should_save(ds: LatentDataset, save: bool | None) -> bool:
 
 def _info(
     plan: BuildPlan,
-    tuned: Tuned | None,
-    check: AfterAdd,
+    held: HeldOut,
     n_queries: int,
     recall_sample: int,
     target_recall: float,
     on_gpu: bool,
     work: faiss.Index,
 ) -> IndexInfo:
+    tuned, check = held.tuned, held.check
     params = tuned.params if tuned is not None else untuned_params(work, plan.k)
     return IndexInfo(
         metric=plan.metric,
@@ -296,6 +347,9 @@ def _info(
         built_on="gpu" if on_gpu else "cpu",
         embedkit_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        parts=part_records(plan.parts) if plan.parts is not None else [],
+        chosen_rows=plan.n,
+        filter_params={name: _num(v) for name, v in held.filter_params.items()},
     )
 
 

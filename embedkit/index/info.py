@@ -4,12 +4,19 @@ An index lives in the dataset folder::
 
     latents/index/
       index.faiss    the faiss index (always saved as a CPU index)
-      ids.parquet    faiss row -> latent id, in the order rows were added
-      index.json     metric, kind, factory, search params, recall@k, fingerprint, files, ...
+      ids.parquet    faiss row -> latent id and part, in the order rows were added
+      recall.npz     the recall queries and their exact neighbours (kept up to date)
+      index.json     metric, kind, factory, search params, recall@k, fingerprint, parts,
+                     files, ...
 
-``index.json`` records the fingerprint of the latents it was built from, so an index
-whose latents changed is detected and never served, and the size and sha256 of
-``index.faiss`` and ``ids.parquet``, so a truncated or replaced file is never read.
+An incremental update writes ``index-<token>.faiss``, ``ids-<token>.parquet`` and
+``recall-<token>.npz`` beside the old files and then replaces ``index.json``, which names
+them: the index and its id map change together or not at all.
+
+``index.json`` records the fingerprint of the latents it was built from and the parts it
+holds, so an index whose latents changed is detected and never served (and can be brought
+up to date, see :mod:`embedkit.index.update`), and the size and sha256 of each file, so a
+truncated or replaced file is never read.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.store.dataset import LatentDataset
+from embedkit.store.vectors import PartStat, fingerprint_of
 
 __all__ = [
     "FORMAT_VERSION",
@@ -27,6 +35,7 @@ __all__ = [
     "INDEX_DIR",
     "INDEX_FILE",
     "INFO_FILE",
+    "RECALL_FILE",
     "IndexInfo",
     "index_dir",
     "view_fingerprint",
@@ -36,6 +45,7 @@ INDEX_DIR = "index"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 INFO_FILE = "index.json"
+RECALL_FILE = "recall.npz"
 FORMAT_VERSION = 1
 
 
@@ -83,6 +93,16 @@ class IndexInfo:
     # auto by measurement: sample sizes, seconds, and per candidate kind, factory, params,
     # recall, recall_lower, q/s on the sample and predicted; empty when rules chose
     selection: dict[str, Any] = field(default_factory=dict)
+    # the parts the index holds, as they were when their rows went in (name, size, rows,
+    # mtime_ns, inode); empty in an index.json written before parts were recorded
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    # the rows the kind was chosen for (an update rebuilds when the set outgrows them)
+    chosen_rows: int | None = None
+    # search parameters reaching the target for recall@(10·k): what a filter keeping 10 %
+    # of the rows needs (see embedkit.index.filtered); empty: not measured
+    filter_params: dict[str, float] = field(default_factory=dict)
+    # the last incremental update: action, reason, rows added and removed, recall, seconds
+    update: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -117,8 +137,9 @@ def index_dir(latents: str | Path | LatentDataset) -> Path:
     return path / INDEX_DIR
 
 
-def view_fingerprint(ds: LatentDataset) -> str:
-    """The dataset's fingerprint, plus its filter for a filtered view: what an index (or a
-    cached exact index) of exactly these rows records."""
-    fp = ds.fingerprint()
+def view_fingerprint(ds: LatentDataset, stats: list[PartStat] | None = None) -> str:
+    """The dataset's fingerprint (from its parts' ``stats`` when taken already), plus its
+    filter for a filtered view: what an index (or a cached exact index) of exactly these
+    rows records."""
+    fp = ds.fingerprint() if stats is None else fingerprint_of(stats)
     return fp if ds.expression is None else f"{fp}:filtered:{ds.expression}"

@@ -1,4 +1,5 @@
-"""Loading a saved index, refusing (or rebuilding) one whose latents have changed or whose
+"""Loading a saved index, refusing (or rebuilding) one whose latents have changed — the
+refusal names the cheapest fix, an update in place or a rebuild — or whose
 ``index.json`` predates file digests."""
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ from pathlib import Path
 from embedkit.errors import InputError
 from embedkit.index.build import build_index
 from embedkit.index.gpu import use_gpu
-from embedkit.index.info import FORMAT_VERSION, INFO_FILE, IndexInfo, index_dir, view_fingerprint
+from embedkit.index.info import FORMAT_VERSION, INFO_FILE, IndexInfo, index_dir
 from embedkit.index.loaded import LoadedIndex
-from embedkit.index.persist import CHECKED_FILES, read_index_files, read_info
+from embedkit.index.persist import file_of, read_index_files, read_info
+from embedkit.index.refresh import stale_message
 from embedkit.index.tune import set_params
 from embedkit.store.dataset import LatentDataset, open_latents
+from embedkit.store.vectors import fingerprint_of, part_stats
 
 __all__ = ["load_index"]
 
@@ -64,20 +67,33 @@ def load_index(
                 progress=progress,
                 target_recall=info.target_recall,
             )
-        raise InputError(f"{refusal}; re-run `embedkit index {ds.path}` (or pass rebuild=True)")
-    index, ids = read_index_files(folder, ds, mmap, info)
-    set_params(index, info.params)
+        raise InputError(refusal)
+    try:
+        files = read_index_files(folder, ds, mmap, info)
+    except InputError:
+        again = read_info(ds)  # an update may have replaced the files meanwhile: once more
+        if again is None or again.files == info.files or _refusal(again, ds, folder):
+            raise
+        info, files = again, read_index_files(folder, ds, mmap, again)
+    set_params(files.index, info.params)
     policy = gpu if use_gpu(gpu) else False
-    loaded = LoadedIndex(index=index, ids=ids, info=info, dataset=ds, path=folder, gpu=policy)
+    loaded = LoadedIndex(
+        index=files.index, ids=files.ids, info=info, dataset=ds, path=folder, gpu=policy,
+        part_of=files.part_of,
+    )  # fmt: skip
     if policy is True:
         loaded.prepare_gpu()  # the CPU index stays too: searches past the GPU limits use it
     return loaded
 
 
 def _refusal(info: IndexInfo, ds: LatentDataset, folder: Path) -> str | None:
-    """Why the saved index cannot be used as it is (rebuilding fixes it), or None."""
-    if info.fingerprint != view_fingerprint(ds):
-        return f"the index in {folder} is stale: the latents changed since it was built"
-    if not all(name in info.files for name in CHECKED_FILES):
-        return f"{folder / INFO_FILE} has no file digests (written by an older embedkit)"
+    """Why the saved index cannot be used as it is (and what fixes it), or None."""
+    stats = part_stats(ds.files)
+    if info.fingerprint != fingerprint_of(stats):
+        return stale_message(info, stats, folder, ds.path)
+    if file_of(info, "index") is None or file_of(info, "ids") is None:
+        return (
+            f"{folder / INFO_FILE} has no file digests (written by an older embedkit); "
+            f"re-run `embedkit index {ds.path}` (or pass rebuild=True)"
+        )
     return None

@@ -17,9 +17,10 @@ import pyarrow.compute as pc
 from embedkit.errors import InputError
 from embedkit.index.gpu import gpu_limit, set_search_params, stays_on_cpu, to_cpu, to_gpu
 from embedkit.index.info import IndexInfo
+from embedkit.index.recall_set import RecallSet
 from embedkit.store.dataset import LatentDataset
 
-__all__ = ["LoadedIndex", "keeps_vectors"]
+__all__ = ["LoadedIndex", "flat_storage", "keeps_vectors"]
 
 _direct_map_lock = threading.Lock()
 _copy_lock = threading.Lock()  # one GPU (or CPU) copy of an index, however many threads search
@@ -40,6 +41,17 @@ def keeps_vectors(index: faiss.Index) -> bool:
     return False
 
 
+def flat_storage(index: faiss.Index) -> faiss.Index | None:
+    """The flat index holding every vector of ``index`` under the same row numbers: the
+    index itself (``Flat``), an HNSW's storage, a refine stage; or None."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner = faiss.downcast_index(inner.storage)
+    elif isinstance(inner, faiss.IndexRefine):
+        inner = faiss.downcast_index(inner.refine_index)
+    return inner if isinstance(inner, faiss.IndexFlat) else None
+
+
 @dataclass
 class LoadedIndex:
     """A searchable index and what it maps to.
@@ -55,6 +67,9 @@ class LoadedIndex:
             always (:meth:`prepare_gpu` makes it), ``False`` never. Searches past faiss'
             GPU limits (k or nprobe > 2048) run on the CPU (for a GPU ``index``, on a
             copy made once) with a warning.
+        part_of: each faiss row's part (a number in ``info.parts``; None: not known).
+        recall: the recall queries and their exact neighbours: those it was built or
+            updated with; a loaded index reads them when it updates or measures a filter.
     """
 
     index: faiss.Index
@@ -64,6 +79,10 @@ class LoadedIndex:
     on_gpu: bool = False
     path: Path | None = None
     gpu: bool | None = False
+    part_of: np.ndarray | None = field(default=None, repr=False)
+    recall: RecallSet | None = field(default=None, repr=False)
+    # what other modules derive from this index and keep with it (a filter's rows, ...)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     _arrow: dict[str, pa.Array] = field(default_factory=dict, repr=False)
     # caches made on first use, not copied by dataclasses.replace: id -> faiss row, and
     # whether the stored vectors can be read back from the index (None: not checked yet)
@@ -148,6 +167,14 @@ class LoadedIndex:
             return self._ran("cpu", "the index cannot go on a GPU", self.index)
         return self._ran("gpu", None, on_device)
 
+    def on_cpu(self, why: str) -> faiss.Index:
+        """The CPU index (for a GPU ``index``, its CPU copy, made once) for a search faiss
+        cannot run on a GPU (``why``, e.g. a selector): :attr:`search_note` says so when a
+        GPU is in play."""
+        gpu_in_play = self.on_gpu or self.gpu is True or bool(self._copy)
+        index = self._other() if self.on_gpu else self.index
+        return self._ran("cpu", why if gpu_in_play else None, index)
+
     def _ran(self, where: str, note: str | None, index: faiss.Index) -> faiss.Index:
         self._searched = (where, note)
         return index
@@ -181,6 +208,15 @@ class LoadedIndex:
             self._row_of = table
         get = self._row_of.get
         return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def rows_in_storage_order(self) -> np.ndarray:
+        """The faiss row of each row of the dataset in storage order (-1: not indexed),
+        matched by id (made once: one read of the id column and one hash join)."""
+        if "storage rows" not in self.memo:
+            stored = self.dataset.to_table(["id"]).column("id")
+            rows = pc.index_in(stored, value_set=self.id_array)
+            self.memo["storage rows"] = rows.fill_null(-1).to_numpy().astype(np.int64)
+        return self.memo["storage rows"]
 
     def stored_vectors(self, rows: np.ndarray) -> np.ndarray | None:
         """The vectors at faiss ``rows`` exactly as they were added (prepared: float32,

@@ -1,10 +1,22 @@
-"""Saving and reading an index folder: ``index.faiss``, ``ids.parquet``, ``index.json``
-(written last: it marks a complete index, and records each file's size and sha256, which
-are checked before a file is read)."""
+"""Saving and reading an index folder: the faiss index, its ids (and the part of each
+row), its recall queries, and ``index.json`` (written last: it names the files of a
+complete index and records each one's size and sha256, which are checked before a file
+is read).
+
+A build removes ``index.json`` first and writes ``index.faiss``, ``ids.parquet`` and
+``recall.npz``; a crash mid-save leaves no index, never a mismatched one. An incremental
+update keeps the old index valid until the new one is complete: it writes new files
+(``index-<token>.faiss``, ...) beside the old ones and then replaces ``index.json``, so
+the folder always holds one complete index, the old or the new. Files no ``index.json``
+names are removed after each save. Saves (and updates) take the dataset's index lock.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +24,69 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from embedkit.errors import InputError, first_line
 from embedkit.files import atomic_path, atomic_write_table
 from embedkit.index.gpu import to_cpu
-from embedkit.index.info import IDS_FILE, INDEX_FILE, INFO_FILE, IndexInfo, index_dir
+from embedkit.index.info import (
+    IDS_FILE,
+    INDEX_FILE,
+    INFO_FILE,
+    RECALL_FILE,
+    IndexInfo,
+    index_dir,
+)
 from embedkit.index.loaded import LoadedIndex
+from embedkit.index.recall_set import RecallSet, read_recall_set, write_recall_set
 from embedkit.store.dataset import LatentDataset
+from embedkit.store.lock import STATE_DIR
 
-__all__ = ["CHECKED_FILES", "file_check", "read_index_files", "read_info", "save_index"]
+__all__ = [
+    "CHECKED_FILES",
+    "LOCK_SECONDS",
+    "IndexFiles",
+    "file_check",
+    "file_of",
+    "index_lock",
+    "read_index_files",
+    "read_info",
+    "read_recall",
+    "save_index",
+]
 
 CHECKED_FILES = (INDEX_FILE, IDS_FILE)
+#: what each file of an index folder ends with (its role), and the build's file names
+SUFFIXES = {"index": ".faiss", "ids": ".parquet", "recall": ".npz"}
+BUILD_NAMES = {"index": INDEX_FILE, "ids": IDS_FILE, "recall": RECALL_FILE}
+#: how long a save waits for another process's save or update of the same index
+LOCK_SECONDS = 600
 _CHUNK = 1 << 20
+
+
+def file_of(info: IndexInfo, role: str) -> str | None:
+    """The name of the ``role`` file (``index``, ``ids``, ``recall``) ``info`` records."""
+    return next((name for name in info.files if name.endswith(SUFFIXES[role])), None)
+
+
+@contextmanager
+def index_lock(ds: LatentDataset) -> Iterator[None]:
+    """Hold the lock on ``ds``'s index: one save or update at a time (another process
+    waits up to ``LOCK_SECONDS``)."""
+    state = Path(ds.path) / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(state / "index.lock", is_singleton=False)
+    try:
+        lock.acquire(timeout=LOCK_SECONDS)
+    except Timeout:
+        raise InputError(
+            f"another process has been saving the index of {ds.path} for {LOCK_SECONDS}s; "
+            "wait for it, or delete its index folder and re-run `embedkit index`"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def file_check(path: Path) -> dict[str, Any]:
@@ -37,19 +100,51 @@ def file_check(path: Path) -> dict[str, Any]:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def save_index(loaded: LoadedIndex) -> Path:
-    """Write ``loaded`` into ``<latents>/index/``; returns the folder."""
+def save_index(loaded: LoadedIndex, update: bool = False, locked: bool = False) -> Path:
+    """Write ``loaded`` into ``<latents>/index/``; returns the folder.
+
+    ``update``: keep the saved index valid until this one is complete (new file names,
+    then ``index.json`` replaced); else remove ``index.json`` first. ``locked``: the
+    caller holds :func:`index_lock` already."""
+    if not locked:
+        with index_lock(loaded.dataset):
+            return save_index(loaded, update, locked=True)
     folder = index_dir(loaded.dataset)
     folder.mkdir(parents=True, exist_ok=True)
     info_path = folder / INFO_FILE
-    info_path.unlink(missing_ok=True)  # index.json is written last: it marks a complete index
-    with atomic_path(folder / INDEX_FILE) as tmp:
+    names = dict(BUILD_NAMES)
+    if update:
+        token = uuid.uuid4().hex[:8]
+        names = {role: f"{role}-{token}{suffix}" for role, suffix in SUFFIXES.items()}
+    else:
+        info_path.unlink(missing_ok=True)  # written last: it marks a complete index
+    with atomic_path(folder / names["index"]) as tmp:
         faiss.write_index(to_cpu(loaded.index, loaded.on_gpu), str(tmp))
-    atomic_write_table(pa.table({"id": pa.array(loaded.ids, pa.string())}), folder / IDS_FILE)
-    loaded.info.files = {name: file_check(folder / name) for name in CHECKED_FILES}
+    atomic_write_table(_ids_table(loaded), folder / names["ids"])
+    written = [names["index"], names["ids"]]
+    if loaded.recall is not None:
+        write_recall_set(loaded.recall, folder / names["recall"])
+        written.append(names["recall"])
+    loaded.info.files = {name: file_check(folder / name) for name in written}
     with atomic_path(info_path) as tmp:
         tmp.write_text(loaded.info.to_json())
+    _remove_unnamed(folder, set(written))
     return folder
+
+
+def _ids_table(loaded: LoadedIndex) -> pa.Table:
+    columns = {"id": pa.array(loaded.ids, pa.string())}
+    if loaded.part_of is not None:
+        columns["part"] = pa.array(loaded.part_of, pa.int32())
+    return pa.table(columns)
+
+
+def _remove_unnamed(folder: Path, named: set[str]) -> None:
+    """Delete the index files of earlier saves (never the ones ``index.json`` names)."""
+    for path in folder.iterdir():
+        ours = any(path.name.endswith(suffix) for suffix in SUFFIXES.values())
+        if ours and not path.name.startswith(".") and path.name not in named:
+            path.unlink(missing_ok=True)
 
 
 def read_info(latents: str | Path | LatentDataset) -> IndexInfo | None:
@@ -80,31 +175,40 @@ def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
     return faiss.read_index(str(path), flags)
 
 
-def _verify(path: Path, expected: dict[str, Any] | None, ds: LatentDataset) -> None:
+def _verify(path: Path, expected: dict[str, Any] | None, latents: Path) -> None:
     """Refuse ``path`` unless its size, then its sha256, are those ``index.json`` records."""
     if expected is None:
         raise InputError(
             f"{path.parent / INFO_FILE} has no file digests (written by an older embedkit); "
-            f"re-run `embedkit index {ds.path}`"
+            f"re-run `embedkit index {latents}`"
         )
     size_ok = path.stat().st_size == expected.get("size")  # cheap: a truncation costs no hashing
     if not size_ok or file_check(path)["sha256"] != expected.get("sha256"):
         raise InputError(
             f"the index file {path} does not match {INFO_FILE} (truncated or replaced); "
-            f"re-run `embedkit index {ds.path}`"
+            f"re-run `embedkit index {latents}`"
         )
 
 
-def read_index_files(
-    folder: Path, ds: LatentDataset, mmap: bool, info: IndexInfo
-) -> tuple[faiss.Index, np.ndarray]:
-    """The faiss index and its ids from ``folder``, each file checked against ``info``
-    (size and sha256) before it is read, then against each other and ``ds``."""
+class IndexFiles:
+    """What :func:`read_index_files` read: the faiss index, each row's id, and each row's
+    part (a number in ``IndexInfo.parts``; None when ``ids.parquet`` predates parts)."""
+
+    def __init__(self, index: faiss.Index, ids: np.ndarray, part_of: np.ndarray | None):
+        self.index, self.ids, self.part_of = index, ids, part_of
+
+
+def read_index_files(folder: Path, ds: LatentDataset, mmap: bool, info: IndexInfo) -> IndexFiles:
+    """The faiss index, its ids and their parts from ``folder``, each file checked against
+    ``info`` (size and sha256) before it is read, then against each other and ``ds``."""
+    names = {role: file_of(info, role) for role in ("index", "ids")}
     try:
-        for name in CHECKED_FILES:
-            _verify(folder / name, info.files.get(name), ds)
-        index = _read_faiss(folder / INDEX_FILE, mmap)
-        ids = pq.read_table(folder / IDS_FILE).column("id").to_numpy(zero_copy_only=False)
+        for name in names.values():
+            _verify(folder / (name or INFO_FILE), info.files.get(name or ""), ds.path)
+        index = _read_faiss(folder / names["index"], mmap)
+        table = pq.read_table(folder / names["ids"])
+        ids = table.column("id").to_numpy(zero_copy_only=False)
+        parts = table.column("part").to_numpy() if "part" in table.column_names else None
     except (RuntimeError, OSError, pa.ArrowInvalid, KeyError) as exc:
         raise InputError(
             f"cannot read the index in {folder} ({first_line(exc)}); "
@@ -115,4 +219,19 @@ def read_index_files(
             f"the index in {folder} is damaged ({index.ntotal} rows, {len(ids)} ids); "
             f"re-run `embedkit index {ds.path}`"
         )
-    return index, ids
+    return IndexFiles(index, ids, parts)
+
+
+def read_recall(folder: Path, info: IndexInfo) -> RecallSet | None:
+    """The recall queries ``info`` names, checked like the other files (None: none saved)."""
+    name = file_of(info, "recall")
+    if name is None:
+        return None
+    try:
+        _verify(folder / name, info.files[name], folder.parent)
+        return read_recall_set(folder / name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(
+            f"cannot read the index in {folder} ({first_line(exc)}); "
+            f"re-run `embedkit index {folder.parent}`"
+        ) from None

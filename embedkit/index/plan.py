@@ -30,6 +30,7 @@ from embedkit.index.select import (
     select_index,
 )
 from embedkit.store.dataset import LatentDataset, open_latents
+from embedkit.store.vectors import PartStat, part_stats
 
 __all__ = ["TARGET_RECALL", "BuildPlan", "new_index", "plan_build", "training_rows"]
 
@@ -54,6 +55,7 @@ class BuildPlan:
     budget: int | None
     fingerprint: str
     selection: Selection | None = None
+    parts: list[PartStat] | None = None  # the parts read (None: a filtered view)
 
     @property
     def exact(self) -> bool:
@@ -107,8 +109,9 @@ def plan_build(
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise InputError(f"k must be an integer >= 1, got {k!r}")
     budget = parse_memory(memory_budget)
-    fingerprint = view_fingerprint(ds)  # before reading: rows added meanwhile make it stale
-    n = len(ds)
+    stats = part_stats(ds.files)  # before reading: rows added meanwhile make it stale
+    fingerprint = view_fingerprint(ds, stats)
+    n = sum(s.rows for s in stats) if ds.expression is None else len(ds)
     if n == 0:
         raise InputError(f"no rows to index in {ds.path} (empty dataset or filter matched none)")
     on_gpu = use_gpu(gpu)
@@ -132,5 +135,5 @@ def plan_build(
     train_pos = np.sort(rng.choice(n, training_rows(index, n), replace=False))
     return BuildPlan(
         ds, metric, kind, k, choice, index, n, query_pos, train_pos, on_gpu, budget, fingerprint,
-        selection,
+        selection, stats if ds.expression is None else None,
     )  # fmt: skip

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from embedkit.index.loaded import LoadedIndex
 
-__all__ = ["RESULT_COLUMNS", "frame_of", "results_frame"]
+__all__ = ["RESULT_COLUMNS", "frame_of", "hits_frame", "results_frame"]
 
 RESULT_COLUMNS = ("query", "rank", "id", "score", "distance")
 
@@ -102,6 +102,20 @@ def results_frame(
         rows, scores = rows[slots], scores[slots]
         which_query, rank = np.divmod(slots, k)
         rank += 1
+    return hits_frame(loaded, labels, which_query, rank, rows, scores, wanted)
+
+
+def hits_frame(
+    loaded: LoadedIndex,
+    labels: np.ndarray | list,
+    which_query: np.ndarray,
+    rank: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    wanted: list[str],
+) -> pd.DataFrame:
+    """The result table of hits given one by one: the query (a position in ``labels``),
+    the rank, the faiss row and the score of each."""
     if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
         query: Any = labels[which_query]
     elif all(isinstance(label, str) for label in labels):  # one check per query, not per row

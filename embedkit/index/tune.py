@@ -1,16 +1,14 @@
 """Tuning a built index: raise ``nprobe`` / ``efSearch`` / ``k_factor_rf`` until recall@k
 on held-out queries reaches the target (faiss' ``ParameterSpace`` sets them).
 
-Recall is measured against exact distances (:class:`Truth`): a found neighbour counts as
-a hit when its exact distance is as good as the k-th true distance (to float precision),
-so duplicates and ties are never misses. The target must hold for the *lower confidence
-bound* of recall@k (mean per-query recall minus ``RECALL_Z`` standard errors), not only
-for the sample mean, so the promise survives the sampling error of the tuning queries.
+Recall is measured against exact distances (:class:`~embedkit.index.recall.Truth`, ties
+and duplicates are hits), and the target must hold for its lower confidence bound (see
+:mod:`embedkit.index.recall`). A search other than ``index.search`` (a selector, the
+query's own row left out) is passed as ``search``.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +17,20 @@ from typing import Any
 import faiss
 import numpy as np
 
+from embedkit.index.recall import (
+    RECALL_Z,
+    Truth,
+    recall_at_k,
+    recall_lower_bound,
+    recall_per_query,
+)
+
 __all__ = [
     "K_FACTORS",
     "RECALL_Z",
     "UNTUNED",
     "AfterAdd",
+    "Search",
     "Truth",
     "Tuned",
     "add_held_out",
@@ -34,6 +41,7 @@ __all__ = [
     "ladders",
     "measure_recall",
     "nprobe_ladder",
+    "plain_search",
     "recall_at_k",
     "recall_lower_bound",
     "recall_per_query",
@@ -49,11 +57,6 @@ NPROBES = sorted({round(2 ** (i / 4)) for i in range(53)})
 #: efSearch 8 .. 2048 in steps of 2^(1/2) (never below k)
 EF_SEARCHES = sorted({round(8 * 2 ** (i / 2)) for i in range(17)})
 K_FACTORS = [1, 2, 4, 8, 16, 32, 64, 128]
-#: standard errors between the mean recall and the bound that must reach the target
-#: (2.0: ~97.7 % one-sided confidence under the normal approximation)
-RECALL_Z = 2.0
-#: relative tolerance under which a distance equals the k-th true distance (a tie)
-TIE_RTOL = 1e-5
 
 
 def nprobe_ladder(nlist: int) -> list[int]:
@@ -92,102 +95,6 @@ def ivf_of(index: faiss.Index) -> Any:
     if isinstance(inner, (faiss.IndexShards, faiss.IndexReplicas)) and inner.count():
         return ivf_of(inner.at(0))
     return None
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the true k neighbours found, matched by id (``found`` may hold -1
-    padding). Ties and duplicates count as misses here; :func:`recall_per_query` does not."""
-    if truth.size == 0:
-        return 1.0
-    hits = (found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)
-    return float(hits.any(axis=2).sum() / truth.size)
-
-
-@dataclass
-class Truth:
-    """The exact nearest neighbours of recall queries, best first.
-
-    ``ids`` [nq, kk] (-1 padding) and ``dist`` [nq, kk] hold kk >= k columns so that ties
-    just past the k-th are known; ``scale`` [nq] (|k-th distance| + |query|^2) sets the
-    tolerance of a tie; ``similarity``: larger distances are closer (inner product).
-    """
-
-    ids: np.ndarray
-    dist: np.ndarray
-    k: int
-    similarity: bool
-    scale: np.ndarray
-
-    @classmethod
-    def from_knn(
-        cls, queries: np.ndarray, dist: np.ndarray, ids: np.ndarray, k: int, similarity: bool
-    ) -> Truth:
-        k = max(1, min(k, dist.shape[1]))
-        norms = np.einsum("ij,ij->i", queries, queries) if len(queries) else np.zeros(0)
-        scale = np.abs(dist[:, k - 1]) + norms if len(dist) else np.zeros(0)
-        return cls(np.asarray(ids, np.int64), np.asarray(dist, np.float32), k, similarity, scale)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def kth(self) -> np.ndarray:
-        """The k-th true distance of each query."""
-        return self.dist[:, self.k - 1]
-
-    def subset(self, rows: np.ndarray) -> Truth:
-        return Truth(self.ids[rows], self.dist[rows], self.k, self.similarity, self.scale[rows])
-
-    def merged(self, queries: np.ndarray, dist: np.ndarray, ids: np.ndarray) -> Truth:
-        """The truth once more candidates (``dist``/``ids`` [nq, m]) joined the base."""
-        all_d = np.concatenate([self.dist, dist], axis=1)
-        all_i = np.concatenate([self.ids, ids], axis=1)
-        key = np.where(all_i < 0, np.inf, -all_d if self.similarity else all_d)
-        order = np.argsort(key, axis=1, kind="stable")[:, : self.ids.shape[1]]
-        take = np.take_along_axis
-        return Truth.from_knn(
-            queries, take(all_d, order, 1), take(all_i, order, 1), self.k, self.similarity
-        )
-
-    def is_hit(self, dist: np.ndarray) -> np.ndarray:
-        """Whether exact distances [nq, m] are as close as the k-th true one (ties count)."""
-        tol = (TIE_RTOL * self.scale + 1e-30)[:, None]
-        kth = self.kth[:, None]
-        return dist >= kth - tol if self.similarity else dist <= kth + tol
-
-
-def recall_per_query(
-    found: np.ndarray, truth: Truth, found_dist: np.ndarray | None = None
-) -> np.ndarray:
-    """Recall@k of each query: the share of its k slots filled by a true neighbour.
-
-    A found row is a hit when its exact distance is within a tie of the k-th true
-    distance: from ``found_dist`` when the index returns exact distances, else from the
-    truth's own kk columns (an id it does not hold is a miss)."""
-    if len(truth) == 0:
-        return np.ones(0)
-    k = truth.k
-    found = found[:, :k]
-    valid = found >= 0
-    match = (found[:, :, None] == truth.ids[:, None, :]) & valid[:, :, None]
-    fill = -np.inf if truth.similarity else np.inf
-    if found_dist is not None:
-        dist = np.where(valid, found_dist[:, :k], fill)
-    else:
-        known = np.where(match, truth.dist[:, None, :], fill)
-        dist = known.max(axis=2) if truth.similarity else known.min(axis=2)
-    hits = (match[:, :, :k].any(axis=2) | truth.is_hit(dist)) & valid
-    return np.minimum(hits.sum(axis=1), k) / k
-
-
-def recall_lower_bound(per_query: np.ndarray, z: float = RECALL_Z) -> float:
-    """Mean recall minus ``z`` standard errors of the mean (per-query recalls are the
-    independent samples; the k slots of one query are not)."""
-    n = len(per_query)
-    if n == 0:
-        return 1.0
-    spread = float(per_query.std(ddof=1)) if n > 1 else 1.0
-    return float(per_query.mean() - z * spread / math.sqrt(n))
 
 
 def exact_distances(index: faiss.Index) -> bool:
@@ -247,12 +154,24 @@ class Tuned:
         return self.lower >= target
 
 
+#: ``search(index, queries, k) -> (distances, rows)``: how recall queries are searched
+Search = Callable[[faiss.Index, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def plain_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return index.search(queries, k)
+
+
 def measure_recall(
-    index: faiss.Index, queries: np.ndarray, truth: Truth, params: dict[str, float]
+    index: faiss.Index,
+    queries: np.ndarray,
+    truth: Truth,
+    params: dict[str, float],
+    search: Search = plain_search,
 ) -> Tuned:
     """Set ``params`` on ``index`` and measure recall@k of ``queries`` against ``truth``."""
     set_params(index, params)
-    dist, found = index.search(queries, truth.k)
+    dist, found = search(index, queries, truth.k)
     per_query = recall_per_query(found, truth, dist if exact_distances(index) else None)
     recall = float(per_query.mean()) if len(per_query) else 1.0
     return Tuned(dict(params), recall, recall_lower_bound(per_query), per_query)
@@ -266,17 +185,19 @@ def tune(
     on_gpu: bool = False,
     start: dict[str, float] | None = None,
     warn: str | None = None,
+    search: Search = plain_search,
 ) -> Tuned:
     """Raise the search parameters until the lower confidence bound of recall@k reaches
     ``target`` (see :func:`recall_lower_bound`); ``start``: values not to go below;
-    ``warn``: the index's name in a warning when no parameter reaches the target.
+    ``warn``: the index's name in a warning when no parameter reaches the target;
+    ``search``: how the queries are searched (default ``index.search``).
 
     ``queries`` are held out of the index while tuning (a query already in an HNSW graph
     finds its neighbours through its own links, which would overstate recall).
     """
     steps = ladders(index, truth.k, on_gpu)
     if not steps:
-        return measure_recall(index, queries, truth, {})
+        return measure_recall(index, queries, truth, {}, search)
     start = start or {}
     (primary, values), secondary = steps[0], steps[1:]
     values = [v for v in values if v >= start.get(primary, 0)] or values[-1:]
@@ -284,12 +205,13 @@ def tune(
     best: Tuned | None = None
     tried: list[tuple[float, float]] = []
     for value in values:
-        got = measure_recall(index, queries, truth, {primary: value, **fixed})
+        got = measure_recall(index, queries, truth, {primary: value, **fixed}, search)
         if best is None or got.lower > best.lower + 1e-9:
             best = got
         if got.reaches(target):
             if tried:
-                best = _bisect(index, queries, truth, target, primary, (tried[-1][0], got))
+                between = (tried[-1][0], got)
+                best = _bisect(index, queries, truth, target, primary, between, search)
             break
         tried.append((value, got.recall))
         earlier = [recall for v, recall in tried if v <= value / 3]
@@ -298,7 +220,7 @@ def tune(
     assert best is not None
     for name, vals in secondary:  # then the cheapest secondary value that still reaches it
         for value in [v for v in vals[:-1] if v >= start.get(name, 0)]:
-            got = measure_recall(index, queries, truth, {**best.params, name: value})
+            got = measure_recall(index, queries, truth, {**best.params, name: value}, search)
             if got.lower >= min(target, best.lower):
                 best = got
                 break
@@ -319,6 +241,7 @@ def _bisect(
     target: float,
     primary: str,
     between: tuple[float, Tuned],
+    search: Search = plain_search,
 ) -> Tuned:
     """The smallest ``primary`` value between a failing one and a passing one (``Tuned``)
     that still reaches ``target``, to within 5 %: the ladder's steps (19-41 %) would
@@ -326,7 +249,7 @@ def _bisect(
     below, passing = between
     while passing.params[primary] - below > max(1.0, 0.05 * passing.params[primary]):
         middle = int((below + passing.params[primary]) // 2)
-        got = measure_recall(index, queries, truth, {**passing.params, primary: middle})
+        got = measure_recall(index, queries, truth, {**passing.params, primary: middle}, search)
         if got.reaches(target):
             passing = got
         else:

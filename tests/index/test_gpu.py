@@ -109,7 +109,14 @@ class FakeGpu:
             ivf = faiss.try_extract_index_ivf(clone)
             if k > GPU_MAX_K or (ivf is not None and ivf.nprobe > 2048):
                 raise RuntimeError("Error: 'k <= GPU_MAX_SELECTION_K' failed")
+            if kwargs.get("params") is not None:
+                raise RuntimeError("Error: IDSelector not supported for GPU indexes")
             return search(x, k, **kwargs)
+
+        def gpu_range_search(*args, **kwargs):
+            raise RuntimeError("Error: range_search not implemented for GPU indexes")
+
+        clone.range_search = gpu_range_search
 
         clone.search = gpu_search
         return clone
@@ -304,7 +311,7 @@ def test_load_keeps_the_cpu_index_until_a_search_pays(small, fake_gpu, monkeypat
 
     monkeypatch.setattr(gpu_module, "GPU_SEARCH_MIN_FLOATS", 1)  # now every index is large
     frame = neighbors(path, vectors=x[:300], k=10, index=loaded)
-    assert frame.attrs == {"searched_on": "gpu", "search_note": None}
+    assert frame.attrs["searched_on"] == "gpu" and frame.attrs["search_note"] is None
     assert fake.clones == [("IndexIVFFlat", (0,), False)]
     assert loaded.search(q[:1], 10) is not None and loaded.searched_on == "gpu"  # kept
     assert recall_at_k(loaded.search(q, 10)[1], cpu_found) >= 0.99  # tuned nprobe applied
@@ -378,6 +385,33 @@ def test_searches_past_the_gpu_limits_run_on_a_cpu_copy(small, fake_gpu) -> None
         warnings.simplefilter("error")
         neighbors(path, vectors=x[:2], k=5, index=built)  # within the limits: the GPU
     assert built.searched_on == "gpu"
+
+
+def test_selector_and_range_searches_run_on_the_cpu(small, fake_gpu, monkeypatch) -> None:
+    """faiss' GPU indexes take no IDSelector and have no range search: a filtered or
+    radius search of an index built on a GPU runs on its CPU copy, and says why."""
+    import embedkit.index.filtered as filtered
+    from embedkit.store import open_latents
+
+    monkeypatch.setattr(filtered, "EXACT_SUBSET_ROWS", 100)
+    monkeypatch.setattr(filtered, "visited_rows", lambda index, params: 0.0)
+    path, x = small
+    fake = fake_gpu()
+    built = build_index(path, kind="ivf", progress=False)
+    assert built.on_gpu
+    copies = fake.to_cpu_calls  # the save's
+    view = open_latents(path).filter(group=[1, 2, 3])
+    frame = neighbors(view, vectors=x[:20], k=5, index=built)
+    assert frame.attrs["search"] == "index+selector" and frame.attrs["searched_on"] == "cpu"
+    assert "take no IDSelector" in frame.attrs["search_note"]
+    assert set(frame["group"]) <= {1, 2, 3} and len(frame) == 100
+    assert fake.to_cpu_calls == copies + 1
+    ranged = neighbors(path, vectors=x[:2], radius=0.9, index=built)
+    assert ranged.attrs["searched_on"] == "cpu" and "no range search" in ranged.attrs["search_note"]
+    assert fake.to_cpu_calls == copies + 1  # the CPU copy is made once and kept
+    loaded = load_index(path, gpu=True)  # a CPU index with a GPU copy: the CPU index itself
+    frame = neighbors(view, vectors=x[:20], k=5, index=loaded)
+    assert frame.attrs["searched_on"] == "cpu" and set(frame["group"]) <= {1, 2, 3}
 
 
 def test_a_tuned_nprobe_past_the_gpu_limit_keeps_the_index_on_the_cpu(small, fake_gpu) -> None:

@@ -175,7 +175,8 @@ def test_save_load_roundtrip_and_mmap(small) -> None:
     built = build_index(path, kind="ivf", progress=False)
     folder = index_dir(path)
     assert built.path == folder
-    assert {p.name for p in folder.iterdir()} == {"index.faiss", "ids.parquet", "index.json"}
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"index.faiss", "ids.parquet", "recall.npz", "index.json"}
     data = json.loads((folder / "index.json").read_text())
     for key in ("metric", "kind", "factory", "params", "ntotal", "dim", "recall", "k"):
         assert key in data
@@ -204,7 +205,8 @@ def test_stale_index_detected_and_rebuilt(small) -> None:
     path, x = small
     build_index(path, kind="flat", progress=False)
     make_latents(path, clustered(100, dim=32, seed=9), start=len(x))  # append a part
-    with pytest.raises(InputError, match=r"stale.*re-run `embedkit index") as err:
+    cheapest = r"stale: 1 part added \(100 rows\) .*; update it in place with `embedkit index"
+    with pytest.raises(InputError, match=cheapest) as err:
         load_index(path)
     assert "\n" not in str(err.value)
     with pytest.raises(InputError, match="stale"):
@@ -251,7 +253,7 @@ def test_part_rewritten_with_same_ids_and_size_is_stale(small) -> None:
     assert len(open_latents(path)) == before
     with pytest.raises(InputError, match="stale"):
         neighbors(path, ids=["r0"], k=3)  # not served from the cache either
-    with pytest.raises(InputError, match=r"stale.*re-run `embedkit index") as err:
+    with pytest.raises(InputError, match=r"stale: 1 part rewritten.*update it in place") as err:
         load_index(path)
     assert "\n" not in str(err.value)
     assert load_index(path, rebuild=True).ntotal == before

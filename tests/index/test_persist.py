@@ -95,9 +95,10 @@ def test_index_file_swapped_for_one_of_the_same_size_is_refused(
 def test_ids_file_truncated_or_swapped_is_refused(saved: Path) -> None:
     target = index_dir(saved) / "ids.parquet"
     original = target.read_bytes()
-    ids = pq.read_table(target).column("id").to_pylist()
+    table = pq.read_table(target)
+    ids = table.column("id").to_pylist()
     ids[-2:] = ids[:-3:-1]  # the last two rows swap ids
-    pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), target)
+    pq.write_table(table.set_column(0, "id", pa.array(ids, pa.string())), target)
     assert target.stat().st_size == len(original)  # a valid ids file: only the digest can tell
     refused(saved, "ids.parquet")
     target.write_bytes(original[: len(original) // 2])

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedkit.errors import InputError
-from embedkit.index import build_index, load_index, search
+from embedkit.index import build_index, load_index, search_cache
 from embedkit.index.metric import prepare_vectors
 from embedkit.index.results import frame_of, results_frame
 from embedkit.index.search import RACY_NS, clear_index_cache, neighbors
@@ -148,7 +148,7 @@ def test_a_rewrite_within_the_clock_tick_is_never_served_stale(
         return (stat[0], stat[1], *first[stat[0]], *stat[4:])
 
     monkeypatch.setattr(store_format, "file_stamp", coarse)  # part_stamps looks through it
-    monkeypatch.setattr(search, "file_stamp", coarse)
+    monkeypatch.setattr(search_cache, "file_stamp", coarse)
     part = open_latents(path).files[0]
     assert top1(path, ids=["r0"], exclude_self=False) == ["r0"]
     data, perm = shuffled_part(part, seed=6)

@@ -227,8 +227,8 @@ def test_recall_drop_after_the_add_is_retuned(monkeypatch: pytest.MonkeyPatch) -
     index, queries, truth, knn = _ivf_with_held_out()
     real = tuning.measure_recall
 
-    def measure(index, queries, truth, params):  # after the add, nprobe < 8 loses 10 %
-        got = real(index, queries, truth, params)
+    def measure(index, queries, truth, params, *search):  # after the add, nprobe < 8 loses 10 %
+        got = real(index, queries, truth, params, *search)
         if index.ntotal > 4000 and params.get("nprobe", 0) < 8:
             got.per_query = got.per_query * 0.9
             got.recall, got.lower = got.per_query.mean(), recall_lower_bound(got.per_query)
