@@ -30,6 +30,7 @@ SCRIPTS = {
     "search.py": ([], ["--rows", "20000"]),
     "query_overhead.py": ([], ["--rows", "20000", "--calls", "50"]),
     "incremental_index.py": (["--rows", "200000"], ["--rows", "50000"]),
+    "ray_driver_memory.py": (["--n", "5000"], ["--n", "500"]),
     "filtered_search.py": (
         ["--rows", "200000"],
         ["--rows", "50000", "--singles", "50", "--sweep", "20,100"],

@@ -12,6 +12,6 @@ __getattr__, __dir__, __all__ = attach(
         "embedding": ["ENGINES", "embed"],
         "steps": ["EmbedOptions", "EmbedResult", "default_num_workers"],
         "local": ["embed_local"],
-        "ray_engine": ["embed_with_ray"],
+        "ray_engine": ["RayEmbedResult", "embed_with_ray"],
     },
 )

@@ -1,5 +1,10 @@
 """Writing latent datasets: one writer at a time (a lock), parts that appear only when
-complete and durable, errors recorded as they happen."""
+complete and durable, errors recorded as they happen.
+
+The writer stages its own parts (:mod:`.staging`) and commits each as it closes; it also
+commits parts staged by others (Ray workers) while it holds the lock, so every visible
+part went through the one writer.
+"""
 
 from __future__ import annotations
 
@@ -17,54 +22,18 @@ import pyarrow.parquet as pq
 from embedkit.errors import InputError
 from embedkit.files import atomic_write_table, replace_durably
 from embedkit.plugins.info import BackboneInfo
-from embedkit.store.format import (
-    EMBEDDING,
-    ERRORS_DIR,
-    META_KEY,
-    SOURCE_MTIME,
-    SOURCE_SIZE,
-    LatentMeta,
-    part_files,
-    read_meta,
-)
+from embedkit.store.format import ERRORS_DIR, LatentMeta, part_files, read_meta
 from embedkit.store.lock import DatasetLock
-from embedkit.store.parts import next_part_name, parquet_options
+from embedkit.store.parts import next_part_name
+from embedkit.store.staging import STAGED_GLOB, PartStager, StagedPart, check_staged
+from embedkit.store.tables import DTYPES, cast_rows, latent_schema, rows_table
 from embedkit.version import __version__
 
 __all__ = ["LatentWriter", "write_latents"]
 
-DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 #: recorded errors are written at the latest after this many or this many seconds
 ERRORS_PER_FLUSH = 256
 SECONDS_PER_ERROR_FLUSH = 5.0
-
-
-def _stat_columns(
-    stats: tuple[Sequence[int], Sequence[int]] | None, rows: int
-) -> dict[str, pa.Array]:
-    """The source file size and mtime columns (nulls where rows have no file)."""
-    if stats is None:
-        return {name: pa.nulls(rows, pa.int64()) for name in (SOURCE_SIZE, SOURCE_MTIME)}
-    sizes, mtimes = (pa.array(np.asarray(v, dtype=np.int64), pa.int64()) for v in stats)
-    if len(sizes) != rows or len(mtimes) != rows:
-        raise InputError(f"file stats for {len(sizes)} rows, {rows} ids; pass one per id")
-    return {SOURCE_SIZE: sizes, SOURCE_MTIME: mtimes}
-
-
-def _column_array(name: str, values: Any, rows: int) -> pa.Array:
-    """One carried column as Arrow, keeping None/NaN as nulls and ints as ints."""
-    try:
-        if isinstance(values, (pd.Series, pd.Index)):
-            array = pa.Array.from_pandas(values)
-        elif isinstance(values, np.ndarray):
-            array = pa.array(values)
-        else:
-            array = pa.array(list(values))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-        raise InputError(f"column {name!r} cannot be stored ({exc})") from exc
-    if len(array) != rows:
-        raise InputError(f"column {name!r} has {len(array)} values for {rows} ids")
-    return array
 
 
 class LatentWriter:
@@ -93,7 +62,7 @@ class LatentWriter:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = DatasetLock(self.path).acquire()
-        for stale in self.path.glob(".part-*.tmp"):
+        for stale in self.path.glob(STAGED_GLOB):
             stale.unlink()  # left by an interrupted run: never a complete part
         self.meta = LatentMeta(
             backbone=backbone,
@@ -113,14 +82,8 @@ class LatentWriter:
         self.row_group_rows = row_group_rows or max(
             256, min(16_384, (32 << 20) // (backbone.dim * itemsize))
         )
-        self._buffer: list[pa.Table] = []
-        self._buffered = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
-        self._final: Path | None = None
-        self._part_rows = 0
-        self._part_started = 0.0
-        self.rows_written = 0
+        self._stager: PartStager | None = None
+        self._committed = 0
         self.errors_written = 0
         self._errors: list[tuple[str, str]] = []
         self._errors_flushed = time.monotonic()
@@ -146,11 +109,10 @@ class LatentWriter:
         self.meta = LatentMeta(**{**self.meta.__dict__, "created": existing.created})
         self.schema = pq.read_schema(files[0])
 
-    def _vector_type(self) -> pa.DataType:
-        # required (non-null) vectors and values: Parquet then stores no definition levels,
-        # which makes reading them ~1.8x faster
-        value = pa.field("element", DTYPES[self.meta.dtype], nullable=False)
-        return pa.list_(value, self.meta.dim)
+    @property
+    def rows_written(self) -> int:
+        """Rows in committed parts and in the part being written."""
+        return self._committed + (self._stager.open_rows if self._stager else 0)
 
     # -- rows ---------------------------------------------------------------
     def _table(
@@ -161,39 +123,18 @@ class LatentWriter:
         columns: pd.DataFrame | dict[str, Sequence[Any]] | None,
         stats: tuple[Sequence[int], Sequence[int]] | None = None,
     ) -> pa.Table:
-        vectors = np.ascontiguousarray(vectors, dtype=np.dtype(self.meta.dtype))
-        if vectors.ndim != 2 or vectors.shape != (len(ids), self.meta.dim):
-            raise InputError(
-                f"vectors have shape {vectors.shape}; expected [N, {self.meta.dim}] "
-                f"with N = {len(ids)} ids"
-            )
-        if len(sources) != len(ids):
-            raise InputError(f"{len(sources)} sources for {len(ids)} ids; pass one per id")
-        flat = pa.array(vectors.reshape(-1), type=DTYPES[self.meta.dtype])
-        data: dict[str, Any] = {
-            "id": pa.array(list(ids), pa.string()),
-            "source": pa.array(list(sources), pa.string()),
-            **_stat_columns(stats, len(ids)),
-        }
-        items = columns.items() if columns is not None else []
-        for name, values in items:
-            if name in data or name == EMBEDDING:
-                continue
-            data[name] = _column_array(name, values, len(ids))
-        data[EMBEDDING] = pa.FixedSizeListArray.from_arrays(flat, type=self._vector_type())
-        table = pa.table(data)
+        table = rows_table(self.meta, ids, sources, vectors, columns, stats)
         if self.schema is None:
-            schema = table.schema
-            vectors = schema.get_field_index(EMBEDDING)
-            schema = schema.set(vectors, pa.field(EMBEDDING, self._vector_type(), nullable=False))
-            self.schema = schema.with_metadata({META_KEY: self.meta.to_bytes()})
-        try:
-            return table.cast(self.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
-            raise InputError(
-                f"columns {table.schema.names} do not match the dataset's "
-                f"{self.schema.names} in {self.path} ({exc})"
-            ) from exc
+            self.schema = latent_schema(self.meta, table.schema)
+        return cast_rows(table, self.schema, self.path)
+
+    def fix_schema(self, columns: pa.Schema | None = None) -> pa.Schema:
+        """The schema of this dataset's parts for rows carrying ``columns``: the existing
+        parts' (checking ``columns`` fit it, in one line), else the one they make. Part
+        writers elsewhere get it before any row is written."""
+        empty = {field.name: pa.array([], field.type) for field in columns or []}
+        self._table([], [], np.zeros((0, self.meta.dim), np.float32), empty)
+        return self.schema
 
     def write(
         self,
@@ -213,52 +154,53 @@ class LatentWriter:
 
     def write_table(self, table: pa.Table) -> None:
         """Buffer rows already in this dataset's schema (as :meth:`write` makes them)."""
-        if self._writer is None and not self._buffered:
-            self._part_started = time.monotonic()  # the part's clock starts at its first row
-        self._buffer.append(table)
-        self._buffered += table.num_rows
-        # Buffered rows count too: otherwise a part could not close before a row group filled.
-        part_due = (
-            self._part_rows + self._buffered >= self.rows_per_part
-            or time.monotonic() - self._part_started >= self.seconds_per_part
-        )
-        if part_due or self._buffered >= self.row_group_rows:
-            self._flush_row_group()
-        if part_due:
-            self._close_part()
+        if self._stager is None:
+            self._stager = PartStager(
+                self.path,
+                self.schema,
+                rows_per_part=self.rows_per_part,
+                seconds_per_part=self.seconds_per_part,
+                row_group_rows=self.row_group_rows,
+                stem=lambda: Path(next_part_name(self.path)).stem,
+            )
+        buffered = self._stager.open_rows
+        closed = self._stager.write(table)
+        if self._stager.open_rows != buffered or closed:
+            self.flush_errors()  # errors are written whenever rows are
+        for staged in closed:
+            self._commit_own(staged)
 
-    def _flush_row_group(self) -> None:
+    def _commit_own(self, staged: StagedPart) -> None:
+        # its number was the next one when it was opened; nobody else commits meanwhile
+        final = staged.name[1 : -len(".tmp")] + ".parquet"
+        replace_durably(self.path / staged.name, self.path / final)
+        self._committed += staged.rows
+
+    def commit(self, staged: StagedPart) -> Path:
+        """Make a part staged in this folder by another process (a Ray worker) visible:
+        checked to be complete and in this dataset's schema, renamed to the next part
+        name durably. Returns its new path."""
+        tmp = self.path / staged.name
+        check_staged(tmp, staged, self.schema)
+        final = self.path / next_part_name(self.path)
+        replace_durably(tmp, final)
+        self._committed += staged.rows
         self.flush_errors()
-        if not self._buffered:
-            return
-        table = pa.concat_tables(self._buffer)
-        self._buffer, self._buffered = [], 0
-        if self._writer is None:
-            self._final = self.path / next_part_name(self.path)
-            self._tmp = self.path / f".{self._final.stem}.tmp"
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, **parquet_options(self.schema))
-            self._part_rows = 0
-        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
-        self._part_rows += table.num_rows
-        self.rows_written += table.num_rows
-
-    def _close_part(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        replace_durably(self._tmp, self._final)
-        self._writer = self._tmp = self._final = None
-        self._part_rows = 0
+        return final
 
     def flush(self) -> None:
         """Make every row and error recorded so far durable, as complete parts."""
-        self._flush_row_group()
-        self._close_part()
+        if self._stager is not None:
+            closed = self._stager.close()
+            self.flush_errors()
+            for staged in closed:
+                self._commit_own(staged)
         self.flush_errors()
 
     def write_errors(self, sources: Sequence[str], reasons: Sequence[str]) -> None:
         """Record inputs that could not be embedded. They are written (atomically, as an
-        errors part) within seconds or a few hundred errors, and whenever rows are."""
+        errors part) within seconds or a few hundred errors, and whenever rows are; a
+        call without errors writes the ones that are due."""
         self._errors += zip(map(str, sources), map(str, reasons), strict=True)
         self.errors_written += len(sources)
         overdue = time.monotonic() - self._errors_flushed >= SECONDS_PER_ERROR_FLUSH
@@ -299,9 +241,8 @@ class LatentWriter:
         try:  # keep the rows that finished; a re-run resumes after them
             self.close()
         except Exception:  # the writer itself failed (disk full, ...): drop the open part
-            if self._writer is not None:
-                self._writer.close()
-                self._tmp.unlink(missing_ok=True)
+            if self._stager is not None:
+                self._stager.abort()
             self._lock.release()
 
 

@@ -24,6 +24,8 @@ from embedkit import BackboneError, EmbedkitError, InputError, open_latents
 from embedkit.cli import main
 from embedkit.images.corpus import make_shapes
 from embedkit.pipeline.ray_cluster import ACTORS_ENV, MISSING_RAY, one_line_error, plan_resources
+from embedkit.pipeline.ray_part_writer import check_run_token, publish_run_token
+from embedkit.pipeline.ray_writes import WRITES_ENV
 from embedkit.store import ERRORS_DIR
 
 N = 200
@@ -91,9 +93,11 @@ def write_images(folder: Path, n: int) -> list[Path]:
 # -- the same dataset as the local engine ------------------------------------------------
 
 
+@pytest.mark.parametrize("writes", ["workers", "driver"])
 def test_same_dataset_as_local_engine(
-    ray_cluster, shapes: Path, local_out: Path, tmp_path: Path
+    ray_cluster, shapes: Path, local_out: Path, tmp_path: Path, monkeypatch, writes: str
 ) -> None:
+    monkeypatch.setenv(WRITES_ENV, writes)
     out = tmp_path / "lat"
     result = run_ray(shapes, out)
 
@@ -110,6 +114,44 @@ def test_same_dataset_as_local_engine(
     assert [f.name[:11] for f in ray_ds.files] == ["part-00000-"]
     assert not list(out.glob(".*.tmp"))
     assert not (out / ERRORS_DIR).exists()
+    node = ray_cluster.get_runtime_context().get_node_id()
+    assert result.rows_by_node == ({node: N} if writes == "workers" else {})
+
+
+def test_source_columns_named_like_engine_columns(ray_cluster, tmp_path: Path) -> None:
+    """The carried columns travel apart from the engine's own (error, size, pixels, ...):
+    none is lost or overwritten, types and nulls are kept, reserved names are not stored."""
+    paths = write_images(tmp_path / "imgs", 5)
+    table = pd.DataFrame(
+        {
+            "path": [str(p) for p in paths],
+            "error": ["e0", None, "e2", "e3", "e4"],
+            "size": [10, 11, None, 13, 14],
+            "mtime": [0.5, 1.5, 2.5, None, 4.5],
+            "pixels": [[1], [], None, [1, 2], [3]],
+            "fatal": [True, False, None, True, False],
+            "carried": ["c"] * 5,
+            "embedding": ["not stored"] * 5,
+            "nothing": [None] * 5,
+        }
+    )
+    table.to_parquet(tmp_path / "table.parquet")
+    run_ray(tmp_path / "table.parquet", tmp_path / "ray")
+    embedkit.embed(tmp_path / "table.parquet", "pixels", tmp_path / "local", num_workers=0,
+                   progress=False)  # fmt: skip
+
+    got, want = by_id(tmp_path / "ray"), by_id(tmp_path / "local")
+    pd.testing.assert_frame_equal(got, want)
+    np.testing.assert_allclose(got.attrs["vectors"], want.attrs["vectors"], atol=1e-5, rtol=0)
+    assert got["error"].fillna("-").tolist() == ["e0", "-", "e2", "e3", "e4"]
+    assert [list(v) for v in got["pixels"][:2]] == [[1], []] and got["pixels"].isna()[2]
+    assert got["nothing"].isna().all() and got["carried"].eq("c").all()
+    ray_schema, local_schema = (open_latents(tmp_path / d).schema for d in ("ray", "local"))
+    assert ray_schema.remove_metadata() == local_schema.remove_metadata()
+    assert ray_schema.names == [
+        "id", "source", "source_size", "source_mtime_ns", "error", "size", "mtime", "pixels",
+        "fatal", "carried", "nothing", "embedding",
+    ]  # fmt: skip
 
 
 def test_resume_embeds_only_the_rest(ray_cluster, shapes: Path, local_out: Path, tmp_path: Path):
@@ -174,6 +216,68 @@ def test_worker_error_comes_back_in_one_line(ray_cluster, tmp_path: Path) -> Non
         pickler.unregister_pickle_by_value(sys.modules[__name__])
     assert str(info.value) == "the model exploded"
     assert not list((tmp_path / "lat").glob("part-*.parquet"))
+
+
+class BrokenOnTiny(PixelsBackbone):
+    """A plugin bug: ``preprocess`` raises on 7x7 images (all others embed)."""
+
+    def preprocess(self, image):
+        if image.size == (7, 7):
+            raise RuntimeError("preprocess bug")
+        return super().preprocess(image)
+
+
+def test_preprocess_bug_stops_the_run_in_one_line(ray_cluster, tmp_path: Path) -> None:
+    src = tmp_path / "imgs"
+    write_images(src, 6)
+    tiny = src / "tiny.png"
+    Image.new("RGB", (7, 7)).save(tiny)
+    out = tmp_path / "lat"
+    pickler = ray_cluster.cloudpickle
+    pickler.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with pytest.raises(BackboneError) as info:
+            run_ray(src, out, backbone=BrokenOnTiny(device="cpu"))
+    finally:
+        pickler.unregister_pickle_by_value(sys.modules[__name__])
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"failed in preprocess on {tiny}: RuntimeError: preprocess bug" in message
+    assert "a bug in the backbone, not a bad image" in message
+    assert not (out / ERRORS_DIR).exists()  # not recorded as a bad image
+    assert not list(out.glob(".*.tmp"))  # the stopped writer left no staged part
+    again = run_ray(src, out)  # the lock was released; what was committed is kept
+    assert again.embedded + again.skipped == 7
+    assert sorted(open_latents(out).ids()) == sorted(
+        [f"img_{i}.png" for i in range(6)] + ["tiny.png"]
+    )
+
+
+def test_writes_mode_is_checked(monkeypatch, tmp_path: Path) -> None:
+    write_images(tmp_path / "imgs", 1)
+    monkeypatch.setenv(WRITES_ENV, "disk")
+    with pytest.raises(InputError) as info:
+        run_ray(tmp_path / "imgs", tmp_path / "lat")
+    assert str(info.value) == "$EMBEDKIT_RAY_WRITES must be 'workers' or 'driver', got 'disk'"
+    assert not (tmp_path / "lat").exists()  # refused before Ray or the folder
+
+
+def test_part_writer_refuses_a_folder_it_does_not_share(tmp_path: Path) -> None:
+    """A node whose folder at that path is not the driver's (no shared file system)."""
+    out = tmp_path / "lat"
+    (out / ".embedkit").mkdir(parents=True)
+    token = publish_run_token(out)
+    check_run_token(str(out), token, "ab" * 28)  # the driver's folder: accepted
+    for folder, seen in ((out, "another run"), (tmp_path / "elsewhere", None)):
+        if seen:
+            (folder / ".embedkit" / "ray-run.token").write_text(seen)
+        with pytest.raises(InputError) as info:
+            check_run_token(str(folder), token, "ab" * 28)
+        assert str(info.value) == (
+            f"node abababababab does not see the dataset folder {folder} the driver writes: "
+            "with the ray engine every node writes parts there, so it must be on a file "
+            "system every node shares, at the same path (or set EMBEDKIT_RAY_WRITES=driver)"
+        )
 
 
 def test_one_line_from_ray_traceback_text() -> None:

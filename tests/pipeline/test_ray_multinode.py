@@ -1,0 +1,188 @@
+"""The Ray engine on a simulated three-node cluster (``ray.cluster_utils.Cluster``, every
+node on 127.0.0.1 with its own CPUs and a resource naming it): the work is spread over
+the nodes (decode tasks, encoder actors and part writers on more than one), the dataset
+equals the local engine's, and a driver killed mid-run resumes with every image once.
+
+The drivers run in child processes, as on a real cluster: they join it by address. All
+nodes share this machine's file system, which stands in for a shared one. The cluster
+lives in a private Ray temp folder, so no other ``ray.init()`` on the machine joins it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import embedkit
+from embedkit import open_latents
+from embedkit.images.corpus import make_shapes
+
+N = 160
+NODES = 3
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+
+#: a driver: joins the cluster, embeds with a backbone that marks which nodes held a model
+#: actor, decoded and encoded (a file per stage and node), prints the result; with a kill
+#: point it SIGKILLs itself right after the writer committed its Nth part
+DRIVER = r"""
+import json, os, signal, sys
+import ray
+from embedkit_pixels import PixelsBackbone
+from embedkit.pipeline.ray_engine import embed_with_ray
+from embedkit.store.writer import LatentWriter
+
+class Marking(PixelsBackbone):
+    def __init__(self, marks):
+        super().__init__(device="cpu")
+        self.marks, self.driver = marks, os.getpid()
+
+    def mark(self, stage):
+        if os.getpid() != self.driver:  # the driver preprocesses a probe image itself
+            node = ray.get_runtime_context().get_node_id()
+            open(os.path.join(self.marks, f"{stage}-{node}"), "a").close()
+
+    def to(self, device):  # in each model actor's constructor
+        self.mark("actor")
+        return super().to(device)
+
+    def preprocess(self, image):
+        self.mark("decode")
+        return super().preprocess(image)
+
+    def forward(self, batch):
+        self.mark("encode")
+        return super().forward(batch)
+
+address, source, out, marks, kill_after = sys.argv[1:6]
+if int(kill_after):
+    commit, done = LatentWriter.commit, []
+    def commit_then_die(self, staged):
+        path = commit(self, staged)
+        done.append(path)
+        if len(done) == int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+    LatentWriter.commit = commit_then_die
+os.makedirs(marks, exist_ok=True)
+ray.init(address=address, log_to_driver=False, configure_logging=False)
+result = embed_with_ray(source, Marking(marks), out, actors=2, batch_size=16,
+                        rows_per_part=40, progress=False)
+print(json.dumps({"embedded": result.embedded, "skipped": result.skipped,
+                  "rows_by_node": result.rows_by_node}))
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[str, list[str]]]:
+    """Three nodes (2 CPUs, 100 MiB of object store each) on 127.0.0.1: the address and
+    the node ids. Shut down, and its temp folder removed, after the module."""
+    pytest.importorskip("ray.data", reason="Ray is not installed: pip install 'embedkit[ray]'")
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="ekray", dir="/tmp")  # short: Ray's socket paths
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", temp)  # Ray's address file too: nobody else joins
+        node = {"num_cpus": 2, "object_store_memory": 100 << 20, "node_ip_address": "127.0.0.1"}
+        simulated = Cluster(initialize_head=True, head_node_args=node)
+        try:
+            ids = [simulated.head_node.node_id]
+            for n in range(2, NODES + 1):
+                ids.append(simulated.add_node(**node, resources={f"node{n}": 1}).node_id)
+            simulated.wait_for_nodes()
+            yield simulated.address, ids
+        finally:
+            simulated.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def drive(cluster, source: Path, out: Path, marks: Path, kill_after: int = 0) -> dict:
+    """Run :data:`DRIVER` against the cluster; its printed result (None when killed)."""
+    address, _ = cluster
+    # the child resolves 127.0.0.1 as itself, not as this machine's network address
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    argv = [sys.executable, "-c", DRIVER, address, str(source), str(out), str(marks)]
+    done = subprocess.run(
+        [*argv, str(kill_after)], capture_output=True, text=True, env=env, timeout=300
+    )
+    if kill_after:
+        assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+        return {}
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def nodes_that(marks: Path, stage: str) -> set[str]:
+    return {p.name.split("-", 1)[1] for p in marks.glob(f"{stage}-*")}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("shapes"), n=N, size=32)
+
+
+@pytest.fixture(scope="module")
+def local_out(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "lat"
+    embedkit.embed(shapes, "pixels", out, num_workers=0, batch_size=32, progress=False)
+    return out
+
+
+def assert_same_dataset(out: Path, local_out: Path) -> None:
+    """ids, vectors (to 1e-5), sources, carried columns, schema and metadata."""
+    got, want = (open_latents(p) for p in (out, local_out))
+    frames = []
+    for ds in (got, want):
+        frame = ds.to_pandas(embedding=False)
+        order = np.argsort(frame["id"].to_numpy())
+        frames.append((frame.iloc[order].reset_index(drop=True), ds.to_numpy()[order]))
+    (got_rows, got_vectors), (want_rows, want_vectors) = frames
+    assert len(got_rows) == len(set(got_rows["id"])) == N
+    pd.testing.assert_frame_equal(got_rows, want_rows)
+    np.testing.assert_allclose(got_vectors, want_vectors, atol=1e-5, rtol=0)
+    assert got.schema.remove_metadata() == want.schema.remove_metadata()
+    assert got.meta.__dict__ | {"created": ""} == want.meta.__dict__ | {"created": ""}
+
+
+def test_work_is_spread_over_the_nodes(cluster, shapes: Path, local_out: Path, tmp_path: Path):
+    out, marks = tmp_path / "lat", tmp_path / "marks"
+    result = drive(cluster, shapes, out, marks)
+
+    _, nodes = cluster
+    assert result["embedded"] == N
+    assert len(nodes_that(marks, "decode")) >= 2  # decode tasks ran on several nodes
+    assert len(nodes_that(marks, "actor")) == 2  # the two model actors on two nodes
+    # (one actor may encode every batch while the other still starts: 10 batches only)
+    assert nodes_that(marks, "encode") <= nodes_that(marks, "actor")
+    assert nodes_that(marks, "decode") | nodes_that(marks, "actor") <= set(nodes)
+    written = result["rows_by_node"]
+    assert set(written) == set(nodes)  # a part writer on every node wrote parts
+    assert sum(written.values()) == N and all(rows > 0 for rows in written.values())
+    assert len(open_latents(out).files) >= NODES  # parts of <= 40 rows, from every node
+    assert not list(out.glob(".*.tmp"))
+    assert_same_dataset(out, local_out)
+
+
+@pytest.mark.slow  # two drivers on the cluster: ~1-2 min; staging is tested in tests/store
+def test_killed_driver_resumes(cluster, shapes: Path, local_out: Path, tmp_path: Path):
+    """SIGKILL right after the first commit: the parts staged elsewhere stay invisible;
+    the re-run deletes them and embeds exactly the rows not committed."""
+    out = tmp_path / "lat"
+    drive(cluster, shapes, out, tmp_path / "marks", kill_after=1)
+    partial = open_latents(out)
+    committed = len(partial)
+    assert 0 < committed < N and len(set(partial.ids())) == committed
+
+    result = drive(cluster, shapes, out, tmp_path / "marks")
+    assert (result["skipped"], result["embedded"]) == (committed, N - committed)
+    assert_same_dataset(out, local_out)
