@@ -157,8 +157,10 @@ def _neighbour_comparison(report: Report, vae: Path, cnn: Path, out: Path, seed:
     report.text(
         f"The same {len(queries)} queries among the same {len(ids):,} images: nearest "
         f"neighbours in the VAE's {open_latents(vae).dim}-d latents, then in "
-        f"{PRETRAINED}'s {cnn_ds.dim}-d pooled stages. The VAE groups what its "
-        "reconstructions need (colour, position, size); the ImageNet CNN groups shape."
+        f"{PRETRAINED}'s {cnn_ds.dim}-d pooled stages. The VAE keeps what its "
+        "reconstructions need, position and size above all, and drifts in shape further "
+        "down the row; the CNN's pooled stages ignore position and match shape, colour, "
+        "size and fill."
     )
     for name, ds in (("vae", open_latents(vae).filter(id=ids)), ("pretrained", cnn_ds)):
         grid = neighbour_grid(ds, neighbors(ds, ids=queries, k=6), cell=64)
