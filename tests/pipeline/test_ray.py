@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from embedkit_pixels import PixelsBackbone
 from PIL import Image
+from same_dataset import assert_same_dataset, by_id
 
 import embedkit
 from embedkit import BackboneError, EmbedkitError, InputError, open_latents
@@ -70,16 +71,6 @@ def run_ray(source, out: Path, backbone="pixels", **kwargs) -> embedkit.EmbedRes
     return embedkit.embed(source, backbone, out, engine="ray", **kwargs)
 
 
-def by_id(out: Path) -> pd.DataFrame:
-    """Every column, sorted by id, the embedding as one ``[N, D]`` array in ``attrs``."""
-    ds = open_latents(out)
-    frame = ds.to_pandas(embedding=False)
-    order = np.argsort(frame["id"].to_numpy())
-    frame = frame.iloc[order].reset_index(drop=True)
-    frame.attrs["vectors"] = ds.to_numpy()[order]
-    return frame
-
-
 def write_images(folder: Path, n: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -102,16 +93,8 @@ def test_same_dataset_as_local_engine(
     result = run_ray(shapes, out)
 
     assert (result.path, result.embedded, result.skipped, result.errors) == (out, N, 0, 0)
-    got, want = by_id(out), by_id(local_out)
-    assert got["id"].tolist() == want["id"].tolist()
-    assert len(set(got["id"])) == N
-    np.testing.assert_allclose(got.attrs["vectors"], want.attrs["vectors"], atol=1e-5, rtol=0)
-    pd.testing.assert_frame_equal(got, want)  # source and every carried column
-    ray_ds, local_ds = open_latents(out), open_latents(local_out)
-    assert ray_ds.schema.remove_metadata() == local_ds.schema.remove_metadata()
-    strip = {"created": ""}
-    assert ray_ds.meta.__dict__ | strip == local_ds.meta.__dict__ | strip
-    assert [f.name[:11] for f in ray_ds.files] == ["part-00000-"]
+    assert_same_dataset(out, local_out, N)
+    assert [f.name[:11] for f in open_latents(out).files] == ["part-00000-"]
     assert not list(out.glob(".*.tmp"))
     assert not (out / ERRORS_DIR).exists()
     node = ray_cluster.get_runtime_context().get_node_id()

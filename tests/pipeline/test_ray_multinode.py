@@ -20,9 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
+from same_dataset import assert_same_dataset
 
 import embedkit
 from embedkit import open_latents
@@ -138,22 +137,6 @@ def local_out(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def assert_same_dataset(out: Path, local_out: Path) -> None:
-    """ids, vectors (to 1e-5), sources, carried columns, schema and metadata."""
-    got, want = (open_latents(p) for p in (out, local_out))
-    frames = []
-    for ds in (got, want):
-        frame = ds.to_pandas(embedding=False)
-        order = np.argsort(frame["id"].to_numpy())
-        frames.append((frame.iloc[order].reset_index(drop=True), ds.to_numpy()[order]))
-    (got_rows, got_vectors), (want_rows, want_vectors) = frames
-    assert len(got_rows) == len(set(got_rows["id"])) == N
-    pd.testing.assert_frame_equal(got_rows, want_rows)
-    np.testing.assert_allclose(got_vectors, want_vectors, atol=1e-5, rtol=0)
-    assert got.schema.remove_metadata() == want.schema.remove_metadata()
-    assert got.meta.__dict__ | {"created": ""} == want.meta.__dict__ | {"created": ""}
-
-
 def test_work_is_spread_over_the_nodes(cluster, shapes: Path, local_out: Path, tmp_path: Path):
     out, marks = tmp_path / "lat", tmp_path / "marks"
     result = drive(cluster, shapes, out, marks)
@@ -170,7 +153,7 @@ def test_work_is_spread_over_the_nodes(cluster, shapes: Path, local_out: Path, t
     assert sum(written.values()) == N and all(rows > 0 for rows in written.values())
     assert len(open_latents(out).files) >= NODES  # parts of <= 40 rows, from every node
     assert not list(out.glob(".*.tmp"))
-    assert_same_dataset(out, local_out)
+    assert_same_dataset(out, local_out, N)
 
 
 @pytest.mark.slow  # two drivers on the cluster: ~1-2 min; staging is tested in tests/store
@@ -185,4 +168,4 @@ def test_killed_driver_resumes(cluster, shapes: Path, local_out: Path, tmp_path:
 
     result = drive(cluster, shapes, out, tmp_path / "marks")
     assert (result["skipped"], result["embedded"]) == (committed, N - committed)
-    assert_same_dataset(out, local_out)
+    assert_same_dataset(out, local_out, N)
