@@ -150,19 +150,19 @@ def _embed_pretrained(labels: Path, out: Path, n: int, progress: bool) -> Path |
 def _neighbour_comparison(report: Report, vae: Path, cnn: Path, out: Path, seed: int) -> None:
     """The same queries' neighbours among the same images, in the VAE's latents and the
     pretrained CNN's."""
-    cnn_ds = open_latents(cnn)
+    vae_ds, cnn_ds = open_latents(vae), open_latents(cnn)
     ids = cnn_ds.to_pandas(["id"], embedding=False)["id"].tolist()
     queries = [str(i) for i in np.random.default_rng(seed).choice(ids, 4, replace=False)]
     report.heading("Neighbours: VAE and pretrained CNN")
     report.text(
         f"The same {len(queries)} queries among the same {len(ids):,} images: nearest "
-        f"neighbours in the VAE's {open_latents(vae).dim}-d latents, then in "
+        f"neighbours in the VAE's {vae_ds.dim}-d latents, then in "
         f"{PRETRAINED}'s {cnn_ds.dim}-d pooled stages. The VAE keeps what its "
         "reconstructions need, position and size above all, and drifts in shape further "
         "down the row; the CNN's pooled stages ignore position and match shape, colour, "
         "size and fill."
     )
-    for name, ds in (("vae", open_latents(vae).filter(id=ids)), ("pretrained", cnn_ds)):
+    for name, ds in (("vae", vae_ds.filter(id=ids)), ("pretrained", cnn_ds)):
         grid = neighbour_grid(ds, neighbors(ds, ids=queries, k=6), cell=64)
         caption = f"6 nearest neighbours, {name} latents"
         save_figure(report, out, f"neighbours_{name}.png", caption, grid)

@@ -56,12 +56,16 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> str | N
     """
     state = read_state_dict(path)
     expected = model.state_dict()
-    if set(state) == set(expected) and _mismatch(state, expected) is None:
+    by_name = _mismatch(state, expected)
+    if by_name is None:
         model.load_state_dict(state, strict=True)
         return None
     # safetensors stores keys sorted by name, so their order says nothing about the model's
-    ordered = Path(path).suffix != ".safetensors"
-    if ordered and _positional_mismatch(state, expected) is None:
+    if Path(path).suffix == ".safetensors":
+        by_order = "a .safetensors file keeps no key order; save a .pth to load by position"
+    else:
+        by_order = _positional_mismatch(state, expected)
+    if by_order is None:
         from timm.models import remap_state_dict
 
         model.load_state_dict(remap_state_dict(state, model, allow_reshape=False), strict=True)
@@ -69,12 +73,6 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> str | N
             f"weights file {Path(path).name}: its {len(state)} tensors have other names "
             f"than timm's {arch} but line up by order and shape; loaded by position"
         )
-    by_name = _mismatch(state, expected)
-    by_order = (
-        _positional_mismatch(state, expected)
-        if ordered
-        else "a .safetensors file keeps no key order; save a .pth to load by position"
-    )
     raise BackboneError(
         f"weights file {path} does not fit architecture {arch!r}: {by_name}; "
         f"nor by position ({by_order}); use weights saved from that model"
