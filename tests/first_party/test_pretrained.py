@@ -177,3 +177,17 @@ def test_weights_that_do_not_line_up_are_refused_in_one_line(tmp_path):
         embedkit.load_backbone(
             "timm/resnet18", weights=tmp_path / "sorted.safetensors", device="cpu"
         )
+
+
+def test_missing_weights_package_says_what_to_install(monkeypatch):
+    import embedkit_pretrained
+
+    monkeypatch.setitem(
+        embedkit_pretrained.PACKAGES, "efficientnet_lite0", ("no_such_module_xyz", "no-such-dist")
+    )
+    with pytest.raises(BackboneError) as err:
+        embedkit.load_backbone("pretrained/efficientnet_lite0", device="cpu")
+    assert str(err.value) == (
+        "pretrained/efficientnet_lite0 needs the package no-such-dist: "
+        "pip install no-such-dist  (or: pip install 'embedkit[pretrained]')"
+    )
