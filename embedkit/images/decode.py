@@ -1,8 +1,10 @@
 """The one image decoder: every image embedkit reads (corpus, query, training, report)
-goes through :func:`load_image`, so a photo embeds the same wherever it comes from."""
+goes through :func:`load_image`, so a photo embeds the same wherever it comes from (a
+local file, or a URI on object storage, fetched whole through ``pyarrow.fs``)."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from embedkit.errors import InputError
+from embedkit.location import RemotePath, is_uri, locate
 
 if TYPE_CHECKING:
     import torch
@@ -21,11 +24,11 @@ __all__ = ["EXIF_ORIENTATION", "as_rgb", "load_image", "load_image_resized", "lo
 EXIF_ORIENTATION = 0x0112
 
 
-def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike | RemotePath, min_side: int | None = None) -> Image.Image:
     """Open an image as RGB, honouring EXIF orientation; transparent areas become white.
 
     Args:
-        path: the image file.
+        path: the image file, or its URI (``s3://bucket/photos/a.jpg``).
         min_side: the fewest pixels a side must keep (a backbone's ``decode_size``): a
             JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
             DCT scaling, far less work) while both sides stay >= ``min_side``. Images
@@ -33,6 +36,9 @@ def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
 
     Raises ``OSError``/``ValueError`` subclasses for unreadable files (callers record them).
     """
+    if is_uri(path) or isinstance(path, RemotePath):
+        found = locate(path)  # one request for a remote file; PIL then seeks in memory
+        path = io.BytesIO(found.read_bytes()) if isinstance(found, RemotePath) else found
     image = Image.open(path)
     try:
         if min_side and image.format == "JPEG":

@@ -9,11 +9,20 @@ update keeps the old index valid until the new one is complete: it writes new fi
 (``index-<token>.faiss``, ...) beside the old ones and then replaces ``index.json``, so
 the folder always holds one complete index, the old or the new. Files no ``index.json``
 names are removed after each save. Saves (and updates) take the dataset's index lock.
+
+An index of a dataset on object storage is saved there the same way (each file appears
+whole; ``index.json`` last), under an object lock (:class:`~embedkit.store.lock.ObjectLock`).
+It is read from a local copy: the files ``index.json`` names are downloaded into
+:func:`index_cache_dir` (a file already there with the recorded size and sha256 is
+reused), checked, then read (memory-mapped) as a local index.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,8 +48,9 @@ from embedkit.index.info import (
 )
 from embedkit.index.loaded import LoadedIndex
 from embedkit.index.recall_set import RecallSet, read_recall_set, write_recall_set
+from embedkit.location import RemotePath
 from embedkit.store.dataset import LatentDataset
-from embedkit.store.lock import STATE_DIR
+from embedkit.store.lock import STATE_DIR, LockHeld, ObjectLock
 
 __all__ = [
     "CHECKED_FILES",
@@ -48,7 +58,9 @@ __all__ = [
     "IndexFiles",
     "file_check",
     "file_of",
+    "index_cache_dir",
     "index_lock",
+    "local_copy",
     "read_index_files",
     "read_info",
     "read_recall",
@@ -62,6 +74,10 @@ BUILD_NAMES = {"index": INDEX_FILE, "ids": IDS_FILE, "recall": RECALL_FILE}
 #: how long a save waits for another process's save or update of the same index
 LOCK_SECONDS = 600
 _CHUNK = 1 << 20
+#: where copies of indexes on object storage are kept (else ~/.cache/embedkit)
+CACHE_ENV = "EMBEDKIT_CACHE_DIR"
+#: a cached copy of an index file no index.json names any more is removed once this old
+PRUNE_SECONDS = 600
 
 
 def file_of(info: IndexInfo, role: str) -> str | None:
@@ -72,7 +88,11 @@ def file_of(info: IndexInfo, role: str) -> str | None:
 @contextmanager
 def index_lock(ds: LatentDataset) -> Iterator[None]:
     """Hold the lock on ``ds``'s index: one save or update at a time (another process
-    waits up to ``LOCK_SECONDS``)."""
+    waits up to ``LOCK_SECONDS``; on object storage an object lock)."""
+    if isinstance(ds.path, RemotePath):
+        with _object_index_lock(ds):
+            yield
+        return
     state = Path(ds.path) / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     lock = FileLock(state / "index.lock", is_singleton=False)
@@ -89,7 +109,23 @@ def index_lock(ds: LatentDataset) -> Iterator[None]:
         lock.release()
 
 
-def file_check(path: Path) -> dict[str, Any]:
+@contextmanager
+def _object_index_lock(ds: LatentDataset) -> Iterator[None]:
+    lock = ObjectLock(ds.path, "index.lock")
+    try:
+        lock.acquire(timeout=LOCK_SECONDS)
+    except LockHeld:
+        raise InputError(
+            f"another process has been saving the index of {ds.path} for {LOCK_SECONDS}s; "
+            f"wait for it, or delete {lock.object} and re-run `embedkit index`"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def file_check(path: Path | RemotePath) -> dict[str, Any]:
     """``{"size": bytes, "sha256": hex}`` of ``path``, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     size = 0
@@ -190,6 +226,51 @@ def _verify(path: Path, expected: dict[str, Any] | None, latents: Path) -> None:
         )
 
 
+def index_cache_dir(folder: RemotePath) -> Path:
+    """Where copies of the index files at ``folder`` are kept:
+    ``$EMBEDKIT_CACHE_DIR/indexes/<digest of the URI>`` (default ``~/.cache/embedkit``)."""
+    base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "embedkit")
+    return Path(base) / "indexes" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+
+
+def _matches(path: Path, expected: dict[str, Any]) -> bool:
+    if not path.is_file() or path.stat().st_size != expected.get("size"):
+        return False
+    return file_check(path)["sha256"] == expected.get("sha256")
+
+
+def local_copy(folder: Path | RemotePath, info: IndexInfo, names: list[str], latents: Any) -> Path:
+    """``folder`` itself when local. For an index on object storage, the local folder
+    (:func:`index_cache_dir`) holding its files ``names`` as ``info`` records them: a
+    copy already there with the recorded size and sha256 is used, any other downloaded
+    and checked; copies of files ``info`` no longer names are removed when old."""
+    if not isinstance(folder, RemotePath):
+        return folder
+    local = index_cache_dir(folder)
+    local.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        expected = info.files.get(name)
+        if expected is None or _matches(local / name, expected):
+            continue
+        with (
+            atomic_path(local / name) as tmp,
+            (folder / name).open("rb") as src,
+            open(tmp, "wb") as out,
+        ):
+            shutil.copyfileobj(src, out, _CHUNK)
+        if not _matches(local / name, expected):
+            raise InputError(
+                f"the index file {folder / name} does not match {INFO_FILE} (truncated or "
+                f"replaced); re-run `embedkit index {latents}`"
+            )
+    old = time.time() - PRUNE_SECONDS
+    for path in local.iterdir():
+        unnamed = path.name not in info.files and not path.name.startswith(".")
+        if unnamed and path.stat().st_mtime < old:
+            path.unlink(missing_ok=True)
+    return local
+
+
 class IndexFiles:
     """What :func:`read_index_files` read: the faiss index, each row's id, and each row's
     part (a number in ``IndexInfo.parts``; None when ``ids.parquet`` predates parts)."""
@@ -203,10 +284,11 @@ def read_index_files(folder: Path, ds: LatentDataset, mmap: bool, info: IndexInf
     ``info`` (size and sha256) before it is read, then against each other and ``ds``."""
     names = {role: file_of(info, role) for role in ("index", "ids")}
     try:
+        local = local_copy(folder, info, [name for name in names.values() if name], ds.path)
         for name in names.values():
-            _verify(folder / (name or INFO_FILE), info.files.get(name or ""), ds.path)
-        index = _read_faiss(folder / names["index"], mmap)
-        table = pq.read_table(folder / names["ids"])
+            _verify(local / (name or INFO_FILE), info.files.get(name or ""), ds.path)
+        index = _read_faiss(local / names["index"], mmap)
+        table = pq.read_table(local / names["ids"])
         ids = table.column("id").to_numpy(zero_copy_only=False)
         parts = table.column("part").to_numpy() if "part" in table.column_names else None
     except (RuntimeError, OSError, pa.ArrowInvalid, KeyError) as exc:
@@ -228,8 +310,9 @@ def read_recall(folder: Path, info: IndexInfo) -> RecallSet | None:
     if name is None:
         return None
     try:
-        _verify(folder / name, info.files[name], folder.parent)
-        return read_recall_set(folder / name)
+        local = local_copy(folder, info, [name], folder.parent)
+        _verify(local / name, info.files[name], folder.parent)
+        return read_recall_set(local / name)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(
             f"cannot read the index in {folder} ({first_line(exc)}); "

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +26,7 @@ from embedkit.index.persist import file_of, read_recall
 from embedkit.index.recall_set import RecallSet
 from embedkit.index.search_cache import cached_index, dataset_fingerprint, saved_info
 from embedkit.index.update import update_index
+from embedkit.location import location_key
 from embedkit.store.dataset import LatentDataset
 
 __all__ = ["Resolved", "resolve_index", "whole_dataset"]
@@ -88,7 +88,7 @@ def _saved(
     info, stamp = saved_info(ds)
     if info is None:
         return None, "no saved index"
-    root = os.path.abspath(ds.path)
+    root = location_key(ds.path)
     if info.fingerprint != fingerprint and update:
         loaded = update_index(ds)
         info, stamp = saved_info(ds)
@@ -112,7 +112,7 @@ def _exact(ds: LatentDataset, metric: str, fingerprint: str, stats: tuple | None
         loaded.gpu = None
         return loaded
 
-    key = None if stats is None else (os.path.abspath(ds.path), str(ds.expression), "exact", metric)
+    key = None if stats is None else (location_key(ds.path), str(ds.expression), "exact", metric)
     # the stats too: a rewrite that keeps the fingerprint still rebuilds
     return cached_index(key, (fingerprint, stats), make)
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedkit.index.info import INDEX_DIR, INFO_FILE, IndexInfo, view_fingerprint
+from embedkit.index.info import INFO_FILE, IndexInfo, index_dir, view_fingerprint
 from embedkit.index.loaded import LoadedIndex
 from embedkit.index.persist import read_info
+from embedkit.location import RemotePath, location_key
 from embedkit.store.dataset import LatentDataset, open_latents
 from embedkit.store.format import file_stamp, part_stamps
 
@@ -78,8 +79,8 @@ def open_dataset(latents: str | Path | LatentDataset) -> tuple[LatentDataset, tu
     the parts' stats when this call took them."""
     if isinstance(latents, LatentDataset):
         return latents, None
-    folder = os.fspath(latents)
-    key = (folder, os.path.abspath(folder))  # messages name the path as given
+    folder = latents if isinstance(latents, RemotePath) else os.fspath(latents)
+    key = (str(folder), location_key(folder))  # messages name the path as given
     try:
         stats = part_stamps(folder)  # taken before anything is read
     except OSError:
@@ -120,7 +121,7 @@ def saved_info(ds: LatentDataset) -> tuple[IndexInfo | None, tuple | None]:
     """``index.json`` of ``ds`` (reused while its stat is unchanged) and that stat (None
     when it changed too recently to trust it)."""
     try:
-        stamp = file_stamp(os.path.join(ds.path, INDEX_DIR, INFO_FILE))  # index_dir(ds) / INFO_FILE
+        stamp = file_stamp(index_dir(ds) / INFO_FILE)
     except FileNotFoundError:
         return None, None
     if not settled((stamp,)):

@@ -9,7 +9,6 @@ image: it stops the run, naming the plugin.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,6 +18,7 @@ from torch.utils.data import Dataset
 
 from embedkit.errors import BackboneError, first_line
 from embedkit.images.decode import load_image
+from embedkit.location import file_stat
 from embedkit.plugins.backbone import Backbone
 from embedkit.plugins.registry import provider
 
@@ -73,7 +73,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> Decoded:
         path = self.paths[i]
         try:
-            stat = os.stat(path)
+            stat = file_stat(path)
             image = load_image(path, self.decode_size)
         except Exception as exc:  # a bad input: recorded, skipped
             return Decoded(i, None, None, reason_of(exc))

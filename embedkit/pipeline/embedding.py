@@ -7,6 +7,7 @@ import os
 from embedkit.device import names_several
 from embedkit.errors import InputError
 from embedkit.images.sources import Source
+from embedkit.location import RemotePath, is_remote, locate
 from embedkit.pipeline.steps import EmbedOptions, EmbedResult
 from embedkit.plugins.backbone import Backbone
 
@@ -18,7 +19,7 @@ ENGINES = ("local", "ray")
 def embed(
     source: Source,
     backbone: str | Backbone,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | RemotePath,
     *,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -44,7 +45,8 @@ def embed(
     Args:
         source: image folder, ``.parquet``/``.csv`` table, list of paths, or DataFrame.
         backbone: a registered name (``timm/resnet18``, ``vae:runs/x``) or a Backbone.
-        out_dir: the latent dataset folder (created if missing).
+        out_dir: the latent dataset folder (created if missing), or a URI on object
+            storage (``s3://bucket/latents``, see docs/storage.md; local engine only).
         batch_size: images per forward pass (default: 256 on CUDA, else 64).
         num_workers: DataLoader worker processes decoding images (default: one per core).
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps``; or several, one model replica
@@ -76,6 +78,11 @@ def embed(
         backbone_options=backbone_options,
     )
     if engine == "ray":
+        if is_remote(locate(out_dir)):
+            raise InputError(
+                f"the Ray engine writes to a folder every node shares, not to {out_dir}; "
+                "use --engine local for object storage, or a shared file system"
+            )
         if names_several(device):
             raise InputError(
                 f"device {device!r} names several devices: Ray places one actor per GPU "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 
 from embedkit.device import cudnn_autotune
 from embedkit.images.sources import Source
+from embedkit.location import RemotePath, locate
 from embedkit.pipeline.decode import (
     DecodedBatch,
     ImageDataset,
@@ -40,14 +40,14 @@ __all__ = ["embed_local"]
 def embed_local(
     source: Source,
     backbone: str | Backbone,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | RemotePath,
     options: EmbedOptions | None = None,
 ) -> EmbedResult:
     """:func:`embedkit.embed` with ``engine="local"``: one model replica per device of
     ``options.device`` (``cuda:0,1``, ``all``), one dataset."""
     options = options or EmbedOptions()
     started = time.monotonic()
-    out_dir = Path(out_dir)
+    out_dir = locate(out_dir)
     replicas = build_replicas(backbone, options.device, options.backbone_options)
     first = replicas[0]
     run = start_run(source, first.identified_info(), out_dir, options)

@@ -8,7 +8,6 @@ embedded (size or modification time) is stale: reported, and re-embedded with
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from embedkit.errors import InputError
+from embedkit.location import RemotePath, file_stat
 from embedkit.store.dataset import open_latents
 from embedkit.store.format import (
     SOURCE_MTIME,
@@ -40,7 +40,7 @@ class Pending:
     replaced: int  # changed since embedded, old rows removed to be embedded again
 
 
-def _stored(out_dir: Path) -> pd.DataFrame:
+def _stored(out_dir: Path | RemotePath) -> pd.DataFrame:
     """id, source and file stats of every stored row (stats null where not recorded)."""
     if not part_files(out_dir):
         return pd.DataFrame({"id": [], "source": [], SOURCE_SIZE: [], SOURCE_MTIME: []})
@@ -62,14 +62,16 @@ def _changed(stored: pd.DataFrame) -> np.ndarray:
         if pd.isna(sizes[i]) or pd.isna(mtimes[i]):
             continue
         try:
-            st = os.stat(source)
-        except OSError:
+            st = file_stat(source)
+        except (OSError, InputError):
             continue
         flags[i] = st.st_size != sizes[i] or st.st_mtime_ns != mtimes[i]
     return flags
 
 
-def _check_id_conflicts(rows: pd.DataFrame, stored: pd.DataFrame, out_dir: Path) -> None:
+def _check_id_conflicts(
+    rows: pd.DataFrame, stored: pd.DataFrame, out_dir: Path | RemotePath
+) -> None:
     source_of = dict(zip(stored["id"], stored["source"], strict=True))
     clash = rows["id"].isin(source_of) & ~rows["path"].isin(stored["source"])
     if clash.any():
@@ -81,7 +83,9 @@ def _check_id_conflicts(rows: pd.DataFrame, stored: pd.DataFrame, out_dir: Path)
         )
 
 
-def pending_rows(rows: pd.DataFrame, out_dir: Path, retry_errors: bool, update: bool) -> Pending:
+def pending_rows(
+    rows: pd.DataFrame, out_dir: Path | RemotePath, retry_errors: bool, update: bool
+) -> Pending:
     """Drop rows already embedded (matched by source) and, unless ``retry_errors``, rows
     that failed before; with ``update``, remove the stored rows of changed files and keep
     those rows to embed again. The caller holds the dataset's lock."""

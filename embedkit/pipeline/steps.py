@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from embedkit.errors import InputError
 from embedkit.images.sources import Source, read_source
+from embedkit.location import RemotePath
 from embedkit.pipeline.resume import pending_rows
 from embedkit.plugins.info import BackboneInfo
 from embedkit.store.format import part_files
@@ -64,7 +65,7 @@ class EmbedOptions:
 class EmbedResult:
     """What one run of :func:`embed` did."""
 
-    path: Path
+    path: Path | RemotePath
     embedded: int
     skipped: int
     errors: int
@@ -115,7 +116,9 @@ def carried_columns(rows: pd.DataFrame) -> pd.DataFrame:
     return table.to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def no_image_read(out_dir: Path, written: int, skipped: int, errors: int) -> InputError | None:
+def no_image_read(
+    out_dir: Path | RemotePath, written: int, skipped: int, errors: int
+) -> InputError | None:
     """The error for a run that wrote nothing because no image could be read."""
     if written == 0 and skipped == 0 and not part_files(out_dir):
         return InputError(
@@ -142,7 +145,7 @@ class PendingRun:
 
 
 def start_run(
-    source: Source, info: BackboneInfo, out_dir: Path, options: EmbedOptions
+    source: Source, info: BackboneInfo, out_dir: Path | RemotePath, options: EmbedOptions
 ) -> PendingRun:
     """Read the source, open the writer (refusing another backbone's dataset), and keep
     the rows not yet embedded."""

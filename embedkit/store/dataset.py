@@ -1,4 +1,8 @@
-"""Reading a latent dataset: :class:`LatentDataset`, a read-only, filterable view."""
+"""Reading a latent dataset: :class:`LatentDataset`, a read-only, filterable view.
+
+A dataset on object storage (``open_latents("s3://bucket/latents")``) is read through
+its ``pyarrow.fs`` file system; the vector cache is local to a folder and not used there.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
+from embedkit.location import RemotePath, arrow_source, locate
 from embedkit.plugins.info import BackboneInfo
 from embedkit.store.cache import cache_mode, load_cache, remove_stale, write_cache
 from embedkit.store.format import (
@@ -23,6 +28,7 @@ from embedkit.store.format import (
     PART_GLOB,
     LatentMeta,
     missing_ids_message,
+    parquet_metadata,
     part_files,
     read_errors,
     read_meta,
@@ -82,13 +88,13 @@ class LatentDataset:
 
     def __init__(
         self,
-        path: str | Path,
-        files: Sequence[Path],
+        path: str | Path | RemotePath,
+        files: Sequence[Path | RemotePath],
         meta: LatentMeta,
         expression: pc.Expression | None = None,
         cache: bool | str | None = None,
     ):
-        self.path = Path(path)
+        self.path = locate(path)
         self.files = list(files)
         self.meta = meta
         self.expression = expression
@@ -107,9 +113,16 @@ class LatentDataset:
     def normalized(self) -> bool:
         return self.meta.normalized
 
+    @property
+    def remote(self) -> bool:
+        """Whether the dataset is on object storage (or another non-local file system)."""
+        return isinstance(self.path, RemotePath)
+
     @cached_property
     def dataset(self) -> pads.Dataset:
-        return pads.dataset([str(f) for f in self.files], format="parquet")
+        filesystem = self.path.filesystem if self.remote else None
+        where = [arrow_source(f)[0] for f in self.files]
+        return pads.dataset(where, format="parquet", filesystem=filesystem)
 
     @property
     def schema(self) -> pa.Schema:
@@ -124,6 +137,8 @@ class LatentDataset:
     def __len__(self) -> int:
         if self.expression is not None:
             return self.dataset.count_rows(filter=self.expression)
+        if self.remote:
+            return sum(parquet_metadata(f).num_rows for f in self.files)
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
 
     def __repr__(self) -> str:
@@ -288,7 +303,7 @@ class LatentDataset:
         return [n for n in self.schema.names if n != EMBEDDING]
 
     def _cached(self, stats: list[PartStat]) -> np.ndarray | None:
-        if self.cache == "off" or not stats:
+        if self.cache == "off" or not stats or self.remote:
             return None
         shape = (sum(s.rows for s in stats), self.dim)
         newest = max(s.mtime_ns for s in stats)
@@ -298,7 +313,7 @@ class LatentDataset:
     def _refresh_cache(self, stats: list[PartStat], read: VectorRead) -> None:
         """After a full read: cache it if the setting says so (``auto``: when Arrow had to
         decode), and delete every other cache file, all stale now."""
-        if self.cache == "off" or not stats:
+        if self.cache == "off" or not stats or self.remote:
             return
         written = None
         if self.cache == "on" or read.decoded:
@@ -312,16 +327,17 @@ class LatentDataset:
 
 
 def open_latents(
-    path: str | Path | LatentDataset, cache: bool | str | None = None
+    path: str | Path | RemotePath | LatentDataset, cache: bool | str | None = None
 ) -> LatentDataset:
-    """Open a latent dataset folder written by :func:`embedkit.embed` or :func:`write_latents`.
+    """Open a latent dataset folder written by :func:`embedkit.embed` or :func:`write_latents`,
+    or a URI of one on object storage (``s3://bucket/latents``, see docs/storage.md).
 
     ``cache``: the vector cache, ``"auto"``, True (``"on"``) or False (``"off"``); None
     reads ``$EMBEDKIT_VECTOR_CACHE`` (default ``auto``). See docs/embedding.md, Reading.
     """
     if isinstance(path, LatentDataset):
         return path if cache is None else path.with_cache(cache)
-    path = Path(path)
+    path = locate(path)
     if not path.is_dir():
         raise InputError(f"latent dataset {path} does not exist; create it with `embedkit embed`")
     files = part_files(path)

@@ -12,6 +12,9 @@ A latent dataset is a folder::
 
 Every part carries the same schema metadata under the key ``embedkit``: the
 backbone info, dim, normalization, dtype, embedkit version and creation time.
+
+The folder may be a URI on object storage (``s3://bucket/latents``): its path is then a
+:class:`~embedkit.location.RemotePath`, and files are read through its file system.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
+from embedkit.location import RemotePath, arrow_source, locate
 from embedkit.plugins.info import BackboneInfo
 
 __all__ = [
@@ -45,10 +49,13 @@ __all__ = [
     "error_files",
     "file_stamp",
     "missing_ids_message",
+    "parquet_metadata",
     "part_files",
     "part_stamps",
     "read_errors",
     "read_meta",
+    "read_part",
+    "read_schema",
     "vectors_from_column",
 ]
 
@@ -98,31 +105,52 @@ class LatentMeta:
         )
 
 
-def part_files(path: Path) -> list[Path]:
+def part_files(path: Path | RemotePath) -> list[Path | RemotePath]:
     return sorted(path.glob(PART_GLOB))
+
+
+def read_schema(file: Path | RemotePath) -> pa.Schema:
+    """The Arrow schema of a Parquet file, local or remote."""
+    where, filesystem = arrow_source(file)
+    return pq.read_schema(where, filesystem=filesystem)
+
+
+def parquet_metadata(file: Path | RemotePath) -> pq.FileMetaData:
+    """The footer of a Parquet file, local or remote."""
+    where, filesystem = arrow_source(file)
+    return pq.read_metadata(where, filesystem=filesystem)
+
+
+def read_part(file: Path | RemotePath, columns: Sequence[str] | None = None) -> pa.Table:
+    """A Parquet file (``columns`` of it), local or remote."""
+    where, filesystem = arrow_source(file)
+    return pq.read_table(where, columns=columns, filesystem=filesystem)
 
 
 _is_part = re.compile(fnmatch.translate(PART_GLOB)).match  # what part_files globs for
 
 
-def file_stamp(path: str | os.PathLike) -> tuple:
+def file_stamp(path: str | os.PathLike | RemotePath) -> tuple:
     """``(path, size, mtime_ns, ctime_ns, inode, device)`` of a file, from one ``stat``:
-    what says a file changed (ctime cannot be set back by a program)."""
-    st = os.stat(path)
+    what says a file changed (ctime cannot be set back by a program; an object has no
+    ctime or inode: the end of its mtime's second and zeros stand in)."""
+    st = path.stat() if isinstance(path, RemotePath) else os.stat(path)
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def part_stamps(folder: str | os.PathLike) -> tuple:
+def part_stamps(folder: str | os.PathLike | RemotePath) -> tuple:
     """:func:`file_stamp` of each part in ``folder``, in name order: one ``listdir`` and a
     ``stat`` each, no Parquet footer read (how caches check a dataset is unchanged)."""
+    if isinstance(where := locate(folder), RemotePath):
+        return tuple(file_stamp(part) for part in part_files(where))
     names = sorted(name for name in os.listdir(folder) if _is_part(name))
     return tuple(file_stamp(os.path.join(folder, name)) for name in names)
 
 
-def read_meta(file: Path) -> LatentMeta:
+def read_meta(file: Path | RemotePath) -> LatentMeta:
     """The embedkit metadata of one part file, or an InputError naming the file."""
     try:
-        schema = pq.read_schema(file)
+        schema = read_schema(file)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(
             f"{file} is not a readable Parquet file ({exc}); delete it and re-run"
@@ -157,7 +185,7 @@ def vectors_from_column(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndar
     return out
 
 
-def missing_ids_message(absent: Sequence[str], path: Path) -> str:
+def missing_ids_message(absent: Sequence[str], path: Path | RemotePath) -> str:
     """One line naming ids that are not in the latent dataset at ``path``."""
     shown = ", ".join(repr(a) for a in absent[:3]) + (" ..." if len(absent) > 3 else "")
     return (
@@ -166,15 +194,17 @@ def missing_ids_message(absent: Sequence[str], path: Path) -> str:
     )
 
 
-def error_files(path: Path) -> list[Path]:
+def error_files(path: Path | RemotePath) -> list[Path | RemotePath]:
     """The parts of the errors table of the latent dataset folder ``path``."""
     return sorted((path / ERRORS_DIR).glob(PART_GLOB))
 
 
-def read_errors(path: Path) -> pd.DataFrame:
+def read_errors(path: Path | RemotePath) -> pd.DataFrame:
     """The errors table (``source``, ``reason``) of the folder ``path``; works before any
     latent part exists (a run where every input failed)."""
     files = error_files(path)
     if not files:
         return pd.DataFrame({"source": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-    return pads.dataset([str(f) for f in files], format="parquet").to_table().to_pandas()
+    filesystem = files[0].filesystem if isinstance(files[0], RemotePath) else None
+    where = [arrow_source(f)[0] for f in files]
+    return pads.dataset(where, format="parquet", filesystem=filesystem).to_table().to_pandas()

@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedkit.files import atomic_path, fsync_dir
-from embedkit.store.format import EMBEDDING, PART_GLOB, part_files
+from embedkit.location import RemotePath
+from embedkit.store.format import EMBEDDING, PART_GLOB, part_files, read_part
 
 __all__ = ["EMBEDDING_PATH", "next_part_name", "parquet_options", "remove_rows"]
 
@@ -31,7 +32,7 @@ def parquet_options(schema: pa.Schema) -> dict:
     return {"compression": compression, "use_dictionary": others}
 
 
-def next_part_name(directory: Path) -> str:
+def next_part_name(directory: Path | RemotePath) -> str:
     """``part-NNNNN-<token>.parquet``: numbered after the parts there (so names sort in
     writing order) with a random token, so two writers can never pick the same file."""
     numbers = [
@@ -40,18 +41,18 @@ def next_part_name(directory: Path) -> str:
     return f"part-{max(numbers, default=-1) + 1:05d}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def remove_rows(path: Path, ids: Iterable[str]) -> int:
+def remove_rows(path: Path | RemotePath, ids: Iterable[str]) -> int:
     """Rewrite every part of the dataset at ``path`` that holds one of ``ids`` without
     those rows (each part replaced atomically; a part left empty is deleted). Returns
     how many rows were removed. The caller holds the dataset's lock."""
     wanted = pa.array(sorted(set(map(str, ids))), pa.string())
     removed = 0
     for part in part_files(path):
-        hit = pc.is_in(pq.read_table(part, columns=["id"]).column("id"), value_set=wanted)
+        hit = pc.is_in(read_part(part, columns=["id"]).column("id"), value_set=wanted)
         count = pc.sum(hit).as_py() or 0
         if not count:
             continue
-        table = pq.read_table(part)
+        table = read_part(part)
         kept = table.filter(pc.invert(hit))
         if kept.num_rows == 0:
             part.unlink()

@@ -6,6 +6,10 @@ The parts are first described by :func:`part_stats` (name, size, rows, modificat
 time, inode: what :func:`fingerprint_of` digests); a read then checks that each file it
 opens is still the one described, and raises :class:`PartsChanged` if not, so what was
 read always matches its fingerprint (which the vector cache is named by).
+
+A part on object storage has no inode (0 stands in) and a modification time of the
+store's precision (seconds on S3); its vectors are decoded by Arrow, which fetches a
+column chunk in one request, rather than page by page.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
-from embedkit.store.format import EMBEDDING, vectors_from_column
+from embedkit.location import RemotePath, RemoteStat
+from embedkit.store.format import EMBEDDING, parquet_metadata, vectors_from_column
 from embedkit.store.pages import Extents, NotPlain, column_extents
 
 __all__ = [
@@ -49,23 +54,23 @@ class PartsChanged(Exception):
 class PartStat:
     """One part as :meth:`LatentDataset.fingerprint` sees it."""
 
-    path: Path
+    path: Path | RemotePath
     size: int
     rows: int
     mtime_ns: int
     inode: int
 
-    def same_file(self, st: os.stat_result) -> bool:
+    def same_file(self, st: os.stat_result | RemoteStat) -> bool:
         return (st.st_size, st.st_mtime_ns, st.st_ino) == (self.size, self.mtime_ns, self.inode)
 
 
-def part_stats(files: Sequence[Path]) -> list[PartStat]:
+def part_stats(files: Sequence[Path | RemotePath]) -> list[PartStat]:
     """A stat and the Parquet footer of each part (never the data)."""
     out = []
     for f in files:
         try:
             st = f.stat()
-            rows = pq.ParquetFile(f).metadata.num_rows
+            rows = parquet_metadata(f).num_rows
         except FileNotFoundError:
             raise InputError(f"{f} is gone; open the latent dataset again") from None
         out.append(PartStat(f, st.st_size, rows, st.st_mtime_ns, st.st_ino))
@@ -81,11 +86,10 @@ def fingerprint_of(stats: Sequence[PartStat]) -> str:
 
 
 class _Part:
-    """An open part checked against its :class:`PartStat`."""
+    """An open part (checked against its :class:`PartStat` by :func:`_open`); ``plain``:
+    its vectors may be copied from their pages (a local file)."""
 
-    def __init__(self, stat: PartStat, handle: BinaryIO):
-        if not stat.same_file(os.fstat(handle.fileno())):
-            raise PartsChanged(stat.path)
+    def __init__(self, stat: PartStat, handle: BinaryIO, plain: bool = True):
         self.path = stat.path
         self.handle = handle
         self.parquet = pq.ParquetFile(handle)
@@ -96,7 +100,7 @@ class _Part:
             for i in range(self.parquet.metadata.num_columns)
             if self.parquet.schema.column(i).path.startswith(f"{EMBEDDING}.")
         ]
-        self.column = leaves[0] if len(leaves) == 1 else None
+        self.column = leaves[0] if len(leaves) == 1 and plain else None
 
     def extents(self, group: int, dim: int, dtype: np.dtype) -> Extents | None:
         """Where the vectors of row group ``group`` lie, or None to decode them with Arrow."""
@@ -140,12 +144,17 @@ def _open(stats: Sequence[PartStat]) -> Iterator[tuple[_Part, int]]:
     """Each part, opened and checked, with its first row's index in the dataset."""
     first = 0
     for stat in stats:
+        remote = isinstance(stat.path, RemotePath)
         try:
-            handle = open(stat.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+            if remote and not stat.same_file(stat.path.stat()):
+                raise PartsChanged(stat.path)
+            handle = stat.path.open("rb") if remote else open(stat.path, "rb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:
             raise PartsChanged(stat.path) from None
         with handle:
-            yield _Part(stat, handle), first
+            if not remote and not stat.same_file(os.fstat(handle.fileno())):
+                raise PartsChanged(stat.path)
+            yield _Part(stat, handle, plain=not remote), first
         first += stat.rows
 
 

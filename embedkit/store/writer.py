@@ -4,6 +4,10 @@ complete and durable, errors recorded as they happen.
 The writer stages its own parts (:mod:`.staging`) and commits each as it closes; it also
 commits parts staged by others (Ray workers) while it holds the lock, so every visible
 part went through the one writer.
+
+On object storage (``s3://...``) a part is staged as a hidden object and moved to its
+name when complete (a server-side copy: the part appears whole, at once); the lock is an
+:class:`~embedkit.store.lock.ObjectLock`.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
 from embedkit.files import atomic_write_table, replace_durably
+from embedkit.location import RemotePath, arrow_source, locate
 from embedkit.plugins.info import BackboneInfo
-from embedkit.store.format import ERRORS_DIR, LatentMeta, part_files, read_meta
-from embedkit.store.lock import DatasetLock
+from embedkit.store.format import ERRORS_DIR, LatentMeta, part_files, read_meta, read_schema
+from embedkit.store.lock import writer_lock
 from embedkit.store.parts import next_part_name
 from embedkit.store.staging import STAGED_GLOB, PartStager, StagedPart, check_staged
 from embedkit.store.tables import DTYPES, cast_rows, latent_schema, rows_table
@@ -49,7 +53,7 @@ class LatentWriter:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | RemotePath,
         backbone: BackboneInfo,
         normalized: bool = False,
         dtype: str = "float32",
@@ -59,11 +63,8 @@ class LatentWriter:
     ):
         if dtype not in DTYPES:
             raise InputError(f"dtype {dtype!r} is not supported; use float32 or float16")
-        self.path = Path(path)
+        self.path = locate(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = DatasetLock(self.path).acquire()
-        for stale in self.path.glob(STAGED_GLOB):
-            stale.unlink()  # left by an interrupted run: never a complete part
         self.meta = LatentMeta(
             backbone=backbone,
             dim=backbone.dim,
@@ -73,7 +74,14 @@ class LatentWriter:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         self.schema: pa.Schema | None = None
-        self._check_existing()
+        self._lock = writer_lock(self.path).acquire()
+        try:
+            for stale in self.path.glob(STAGED_GLOB):
+                stale.unlink()  # left by an interrupted run: never a complete part
+            self._check_existing()
+        except BaseException:  # refused: an object lock is not released by the OS
+            self._lock.release()
+            raise
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
         # ~32 MiB of vectors per row group: big enough for fast scans, small enough that
@@ -107,7 +115,7 @@ class LatentWriter:
                 f"latents; re-run with the same --normalize/--dtype or use a new folder"
             )
         self.meta = LatentMeta(**{**self.meta.__dict__, "created": existing.created})
-        self.schema = pq.read_schema(files[0])
+        self.schema = read_schema(files[0])
 
     @property
     def rows_written(self) -> int:
@@ -155,13 +163,15 @@ class LatentWriter:
     def write_table(self, table: pa.Table) -> None:
         """Buffer rows already in this dataset's schema (as :meth:`write` makes them)."""
         if self._stager is None:
+            folder, filesystem = arrow_source(self.path)
             self._stager = PartStager(
-                self.path,
+                folder,
                 self.schema,
                 rows_per_part=self.rows_per_part,
                 seconds_per_part=self.seconds_per_part,
                 row_group_rows=self.row_group_rows,
                 stem=lambda: Path(next_part_name(self.path)).stem,
+                filesystem=filesystem,
             )
         buffered = self._stager.open_rows
         closed = self._stager.write(table)
@@ -247,7 +257,7 @@ class LatentWriter:
 
 
 def write_latents(
-    path: str | Path,
+    path: str | Path | RemotePath,
     ids: Sequence[str],
     vectors: np.ndarray,
     backbone: BackboneInfo,
@@ -271,4 +281,4 @@ def write_latents(
         step = writer.row_group_rows  # row groups and parts as embed writes them
         for start in range(0, len(ids), step):
             writer.write_table(table.slice(start, step))
-    return Path(path)
+    return locate(path)
