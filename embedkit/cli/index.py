@@ -23,6 +23,18 @@ import click
 @click.option("--recall-sample", default=None, type=int, help="Queries for recall@10 [1000].")
 @click.option("--no-gpu", is_flag=True, help="Build on the CPU even when a GPU is present.")
 @click.option("--rebuild", is_flag=True, help="Rebuild even when an update in place would do.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: add the rows in shards on a Ray cluster and merge them (IVF and flat kinds).",
+)
+@click.option(
+    "--shards", type=int, default=None, help="Shards of a --engine ray build [two per cluster CPU]."
+)
+@click.option("--address", "ray_address", default=None,
+              help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")  # fmt: skip
 def index_command(
     latents: str,
     metric: str | None,
@@ -31,6 +43,9 @@ def index_command(
     recall_sample: int | None,
     no_gpu: bool,
     rebuild: bool,
+    engine: str,
+    shards: int | None,
+    ray_address: str | None,
 ) -> None:
     """Build a FAISS index in LATENTS/index/, or bring the saved one up to date (rows of
     new parts added, those of removed parts taken out; a rebuild when it no longer fits
@@ -46,6 +61,9 @@ def index_command(
         gpu=False if no_gpu else None,
         rebuild=rebuild,
         progress=True,
+        engine=engine,
+        shards=shards,
+        ray_address=ray_address,
     )
     info = built.info
     click.echo(_action_line(info.update))
@@ -69,8 +87,15 @@ def index_command(
         )
     click.echo(f"ntotal     {info.ntotal:,}  dim {info.dim}")
     click.echo(f"recall@{info.k:<3} {recall}  params {params}")
-    click.echo(f"built in   {info.build_seconds:.1f}s on {info.built_on}")
+    click.echo(f"built in   {info.build_seconds:.1f}s on {info.built_on}{_sharded(info.sharding)}")
     click.echo(f"index   -> {built.path}")
+
+
+def _sharded(sharding: dict) -> str:
+    """`` (rows added in 8 shards on 3 nodes)`` for a sharded build, else nothing."""
+    if not sharding:
+        return ""
+    return f" (rows added in {sharding['shards']} shards on {sharding['nodes']} node(s))"
 
 
 def _action_line(update: dict) -> str:
@@ -141,7 +166,9 @@ def search_command(
     target = _latents(latents, where)
     frame = _search_frame(target, ids, vector_file, images, ids_from, images_from, options)
     if out and Path(out).suffix.lower() in (".parquet", ".csv"):
-        _write_hits(frame, Path(out))
+        from embedkit.location import locate
+
+        _write_hits(frame, locate(out))
         click.echo(f"{frame['query'].nunique():,} queries, {len(frame):,} rows -> {out}")
         return
     grid = out
@@ -202,8 +229,9 @@ def _search_frame(
     )
 
 
-def _write_hits(frame: Any, path: Path) -> None:
-    """The result table, written atomically (Parquet, or CSV by the suffix)."""
+def _write_hits(frame: Any, path: Any) -> None:
+    """The result table, written atomically (Parquet, or CSV by the suffix) to a local
+    path or an object-storage URI."""
     from embedkit.files import atomic_path
 
     with atomic_path(path) as tmp:

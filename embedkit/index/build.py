@@ -36,9 +36,17 @@ from embedkit.index.loaded import LoadedIndex
 from embedkit.index.metric import METRICS
 from embedkit.index.parts import part_of_positions, part_records
 from embedkit.index.persist import save_index
-from embedkit.index.plan import TARGET_RECALL, BuildPlan, new_index, plan_build, training_rows
+from embedkit.index.plan import (
+    TARGET_RECALL,
+    BuildPlan,
+    Sharding,
+    new_index,
+    plan_build,
+    training_rows,
+)
 from embedkit.index.recall_set import TRUTH_DEPTH, RecallSet
 from embedkit.index.select import collect_rows, progress_bar, stream_batches
+from embedkit.index.sharded import sharded_add_pass
 from embedkit.index.tune import (
     AfterAdd,
     Truth,
@@ -153,6 +161,9 @@ def build_index(
     save: bool | None = None,
     target_recall: float = TARGET_RECALL,
     batch_size: int = 65_536,
+    engine: str = "local",
+    shards: int | None = None,
+    ray_address: str | None = None,
 ) -> LoadedIndex:
     """Build a FAISS index over a latent dataset, measure its recall, and save it.
 
@@ -178,6 +189,12 @@ def build_index(
         save: write ``<latents>/index/``; default: yes unless ``latents`` is a filtered view.
         target_recall: the recall the search parameters are tuned to reach.
         batch_size: rows per streamed batch.
+        engine: ``"local"`` adds every row here; ``"ray"`` adds them in ``shards`` Ray
+            tasks on the cluster at ``ray_address`` and merges the shards (IVF and flat
+            kinds; CPU; see :mod:`embedkit.index.sharded`). Same index, same recall.
+        shards: the number of shards (None: two per CPU of the cluster, each of at least
+            50,000 rows).
+        ray_address: the Ray cluster (None: ``$RAY_ADDRESS``, else a local Ray).
 
     Example:
         >>> idx = build_index("latents/", metric="cosine", kind="auto")
@@ -186,7 +203,7 @@ def build_index(
     start = time.perf_counter()
     plan = plan_build(
         latents, metric, kind, memory_budget, recall_sample, k, gpu, target_recall, progress,
-        batch_size,
+        batch_size, _sharding(engine, shards, ray_address),
     )  # fmt: skip
     save = _should_save(plan.ds, save)
     loaded = _build(plan, progress, batch_size, target_recall, recall_sample)
@@ -207,12 +224,16 @@ def _build(
     """Train, fill and tune the planned index; the held-out rows go in last, checked."""
     helper = GpuHelper() if plan.gpu else None
     queries, query_ids = sample_pass(plan, helper, progress, batch_size)
-    work, on_gpu = plan.index, False  # work: the index filled and tuned
+    work, on_gpu, sharding = plan.index, False, {}  # work: the index filled and tuned
     if helper is not None:
         clone = to_gpu(plan.index, plan.gpu_bytes)  # None: no room or no GPU version
         if clone is not None:
             work, on_gpu = clone, True
-    id_parts, truth = add_pass(plan, work, queries, helper, progress, batch_size)
+    if plan.sharding is not None:
+        added = sharded_add_pass(plan, queries, progress)
+        work, id_parts, truth, sharding = added.index, added.id_parts, added.truth, added.record
+    else:
+        id_parts, truth = add_pass(plan, work, queries, helper, progress, batch_size)
     tuned = tune_pass(plan, work, queries, truth, on_gpu, target_recall)
     held = _add_queries(plan, work, queries, truth, tuned, helper, on_gpu, target_recall)
     id_parts.extend(query_ids[part] for part in held.order)
@@ -220,6 +241,7 @@ def _build(
         params = held.tuned.params or "exact search"
         tqdm.write(f"recall@{plan.k} = {held.tuned.recall:.3f} with {params}")
     info = _info(plan, held, len(queries), recall_sample, target_recall, on_gpu, work)
+    info.sharding = sharding
     ids = np.concatenate(id_parts) if id_parts else np.array([], dtype=object)
     return LoadedIndex(
         index=work, ids=ids, info=info, dataset=plan.ds, on_gpu=on_gpu,
@@ -297,6 +319,14 @@ def _with_choice(plan: BuildPlan, choice: IndexChoice) -> BuildPlan:
     train_pos = np.sort(rng.choice(plan.n, training_rows(index, plan.n), replace=False))
     queries = plan.query_pos[:0] if choice.factory == "Flat" else plan.query_pos
     return replace(plan, choice=choice, index=index, train_pos=train_pos, query_pos=queries)
+
+
+def _sharding(engine: str, shards: int | None, address: str | None) -> Sharding | None:
+    if engine not in ("local", "ray"):
+        raise InputError(f"engine must be local or ray, got {engine!r}")
+    if engine == "local" and (shards is not None or address is not None):
+        raise InputError("shards and ray_address need engine='ray' (--engine ray)")
+    return Sharding(shards, address) if engine == "ray" else None
 
 
 def _should_save(ds: LatentDataset, save: bool | None) -> bool:

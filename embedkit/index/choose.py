@@ -222,7 +222,7 @@ def factory_for_kind(kind: str, n: int, dim: int, memory_budget: int | None = No
 
 
 def choose_index(
-    n: int, dim: int, memory_budget: int | None = None, gpu: bool = False
+    n: int, dim: int, memory_budget: int | None = None, gpu: bool = False, sharded: bool = False
 ) -> IndexChoice:
     """Apply the ``auto`` rules (see the module docstring) to ``n`` rows of dimension ``dim``.
 
@@ -231,6 +231,7 @@ def choose_index(
         dim: their dimension.
         memory_budget: bytes the index may use; ``None`` means half the physical memory.
         gpu: whether the index will be built on a GPU (HNSW has no GPU version).
+        sharded: whether it will be built in shards (HNSW shards cannot be merged).
 
     Example:
         >>> choose_index(5_000, 128).factory
@@ -244,7 +245,7 @@ def choose_index(
             "flat", "Flat", f"{n:,} rows < {FLAT_MAX_ROWS:,}: exact search", _bytes("flat", n, dim)
         )
     hnsw = _bytes("hnsw", n, dim)
-    if not gpu and n < HNSW_MAX_ROWS and hnsw <= budget:
+    if not gpu and not sharded and n < HNSW_MAX_ROWS and hnsw <= budget:
         return IndexChoice(
             "hnsw",
             f"HNSW{HNSW_M}",
@@ -255,7 +256,9 @@ def choose_index(
     ivf = _bytes("ivf", n, dim, nlist)
     if ivf <= budget:
         why = "GPU build (no GPU HNSW)" if gpu else f"{n:,} rows >= {HNSW_MAX_ROWS:,}"
-        if n < HNSW_MAX_ROWS and not gpu:
+        if sharded and n < HNSW_MAX_ROWS:
+            why = "sharded build (HNSW shards cannot be merged)"
+        elif n < HNSW_MAX_ROWS and not gpu:
             why = "HNSW does not fit the memory budget"
         return IndexChoice("ivf", f"IVF{nlist},Flat", f"{why}; IVF-Flat fits", ivf)
     return _ivfpq(n, dim, budget)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedkit.location import RemotePath, locate
 from embedkit.store.dataset import LatentDataset
 from embedkit.store.vectors import PartStat, fingerprint_of
 
@@ -103,6 +104,9 @@ class IndexInfo:
     filter_params: dict[str, float] = field(default_factory=dict)
     # the last incremental update: action, reason, rows added and removed, recall, seconds
     update: dict[str, Any] = field(default_factory=dict)
+    # a sharded build (engine "ray"): shards, rows and seconds of each, the nodes they ran
+    # on, the merge's seconds; empty for a build on one machine
+    sharding: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -131,9 +135,9 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def index_dir(latents: str | Path | LatentDataset) -> Path:
-    """The folder an index of ``latents`` is saved in: ``<latents>/index``."""
-    path = latents.path if isinstance(latents, LatentDataset) else Path(latents)
+def index_dir(latents: str | Path | RemotePath | LatentDataset) -> Path | RemotePath:
+    """The folder an index of ``latents`` is saved in: ``<latents>/index`` (a URI too)."""
+    path = latents.path if isinstance(latents, LatentDataset) else locate(latents)
     return path / INDEX_DIR
 
 

@@ -29,12 +29,22 @@ from embedkit.index.select import (
     sample_positions,
     select_index,
 )
+from embedkit.index.shard_merge import check_shardable
 from embedkit.store.dataset import LatentDataset, open_latents
 from embedkit.store.vectors import PartStat, part_stats
 
-__all__ = ["TARGET_RECALL", "BuildPlan", "new_index", "plan_build", "training_rows"]
+__all__ = ["TARGET_RECALL", "BuildPlan", "Sharding", "new_index", "plan_build", "training_rows"]
 
 TARGET_RECALL = 0.95
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """A build whose add pass runs in ``shards`` Ray tasks (None: two per cluster CPU)
+    on the cluster at ``address`` (None: ``$RAY_ADDRESS``, else a local Ray)."""
+
+    shards: int | None = None
+    address: str | None = None
 
 
 @dataclass
@@ -56,6 +66,7 @@ class BuildPlan:
     fingerprint: str
     selection: Selection | None = None
     parts: list[PartStat] | None = None  # the parts read (None: a filtered view)
+    sharding: Sharding | None = None  # None: the add pass runs here
 
     @property
     def exact(self) -> bool:
@@ -99,11 +110,15 @@ def plan_build(
     target_recall: float = TARGET_RECALL,
     progress: bool = False,
     batch_size: int = 65_536,
+    sharding: Sharding | None = None,
 ) -> BuildPlan:
     """Check the arguments, choose the index (``auto``: by measurement, see
     :func:`measures_auto`) and draw the training and query rows. On a GPU build the
-    default budget is what the GPUs can hold, not half the host's RAM."""
+    default budget is what the GPUs can hold, not half the host's RAM. A sharded build
+    runs on the CPU and chooses among the kinds whose shards merge (no HNSW)."""
     ds = open_latents(latents)
+    if sharding is not None and ds.expression is not None:
+        raise InputError("a sharded build (engine ray) needs the whole dataset, not a filter")
     if metric not in METRICS:
         raise InputError(f"metric {metric!r} is not supported; use cosine or l2")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -114,20 +129,23 @@ def plan_build(
     n = sum(s.rows for s in stats) if ds.expression is None else len(ds)
     if n == 0:
         raise InputError(f"no rows to index in {ds.path} (empty dataset or filter matched none)")
-    on_gpu = use_gpu(gpu)
+    on_gpu = use_gpu(gpu) if sharding is None else False
     sizing = default_gpu_budget() if budget is None and on_gpu else budget
     selection = None
     if measures_auto(kind, n, ds.dim, on_gpu, recall_sample):  # measure on a sample
         ((sample, _),) = collect_rows(ds, metric, [sample_positions(n, ds.dim)], progress,
                                       batch_size, "select")  # fmt: skip
         choices = candidate_choices(n, ds.dim, sizing)
+        choices = [c for c in choices if sharding is None or c.kind != "hnsw"]
         selection = select_index(sample, n, metric, k, target_recall, choices, progress)
         choice = selection.choice
     elif kind == "auto":
-        choice = choose_index(n, ds.dim, sizing, on_gpu)
+        choice = choose_index(n, ds.dim, sizing, on_gpu, sharded=sharding is not None)
     else:
         choice = factory_for_kind(kind, n, ds.dim, sizing)
     index = new_index(choice, ds.dim, metric)
+    if sharding is not None:
+        check_shardable(index, choice.factory)
     rng = np.random.default_rng(0)
     exact = choice.factory == "Flat"
     n_queries = 0 if exact or n < 2 else min(max(int(recall_sample), 0), max(n // 10, 1))
@@ -135,5 +153,5 @@ def plan_build(
     train_pos = np.sort(rng.choice(n, training_rows(index, n), replace=False))
     return BuildPlan(
         ds, metric, kind, k, choice, index, n, query_pos, train_pos, on_gpu, budget, fingerprint,
-        selection, stats if ds.expression is None else None,
+        selection, stats if ds.expression is None else None, sharding,
     )  # fmt: skip

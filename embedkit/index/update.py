@@ -62,6 +62,9 @@ def update_index(
     gpu: bool | None = None,
     progress: bool = False,
     batch_size: int = 65_536,
+    engine: str = "local",
+    shards: int | None = None,
+    ray_address: str | None = None,
 ) -> LoadedIndex:
     """Bring the index in ``<latents>/index/`` up to date: add the rows of new parts and
     remove those of removed or rewritten parts when the index still fits its choice,
@@ -76,6 +79,8 @@ def update_index(
         rebuild: rebuild even when an update would do.
         gpu, progress, batch_size: as for :func:`~embedkit.index.build.build_index`
             (an update in place runs on the CPU).
+        engine, shards, ray_address: where a build or rebuild adds its rows, as for
+            :func:`~embedkit.index.build.build_index` (an update in place runs here).
 
     Example:
         >>> idx = update_index("latents/")           # after `embedkit embed` added images
@@ -105,7 +110,8 @@ def update_index(
             if loaded is not None:
                 loaded.gpu = gpu if use_gpu(gpu) else False
         if loaded is None:
-            loaded = _rebuild(ds, info, requested, gpu, progress, batch_size)
+            sharding = {"engine": engine, "shards": shards, "ray_address": ray_address}
+            loaded = _rebuild(ds, info, requested, gpu, progress, batch_size, sharding)
             action = "rebuild" if info is not None else "build"
             loaded.info.update = {"action": action, "reason": refresh.reason}
         loaded.info.update["seconds"] = round(time.perf_counter() - start, 3)
@@ -138,8 +144,10 @@ def _rebuild(
     gpu: bool | None,
     progress: bool,
     batch_size: int,
+    sharding: dict[str, Any],
 ) -> LoadedIndex:
-    """A new index with the saved settings, overridden by those ``requested``."""
+    """A new index with the saved settings, overridden by those ``requested``; built
+    here or in shards on Ray (``sharding``: build_index's engine, shards, ray_address)."""
     saved = {} if info is None else {name: getattr(info, name) for name in requested}
     settings = {**saved, **{name: v for name, v in requested.items() if v is not None}}
     options = {
@@ -149,7 +157,9 @@ def _rebuild(
         "target_recall": settings.get("target_recall", 0.95),
     }  # fmt: skip
     options = {name: value for name, value in options.items() if value is not None}
-    return build_index(ds, gpu=gpu, progress=progress, save=False, batch_size=batch_size, **options)
+    return build_index(
+        ds, gpu=gpu, progress=progress, save=False, batch_size=batch_size, **options, **sharding
+    )
 
 
 @dataclass

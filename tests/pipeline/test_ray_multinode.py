@@ -169,3 +169,39 @@ def test_killed_driver_resumes(cluster, shapes: Path, local_out: Path, tmp_path:
     result = drive(cluster, shapes, out, tmp_path / "marks")
     assert (result["skipped"], result["embedded"]) == (committed, N - committed)
     assert_same_dataset(out, local_out, N)
+
+
+def test_sharded_index_build_spreads_over_the_nodes(cluster, tmp_path: Path):
+    """`embedkit index --engine ray` run by a driver that joins the cluster: the shards
+    ran on more than one node, and the index is the one a single machine builds."""
+    import numpy as np
+
+    from embedkit.index import build_index, load_index
+    from embedkit.plugins.info import BackboneInfo
+    from embedkit.store.writer import write_latents
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((30, 16))
+    x = (centers[rng.integers(0, 30, 24_000)] + 0.4 * rng.standard_normal((24_000, 16)))
+    lat = tmp_path / "lat"
+    for p in range(4):
+        ids = [f"p{p}-{i}" for i in range(6_000)]
+        write_latents(lat, ids, x[p * 6_000 : (p + 1) * 6_000].astype("f4"),
+                      BackboneInfo("test-encoder", 16))  # fmt: skip
+    address, nodes = cluster
+    argv = [sys.executable, "-m", "embedkit", "index", str(lat), "--kind", "ivf",
+            "--engine", "ray", "--shards", "6", "--address", address]  # fmt: skip
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # as drive() does
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rows added in 6 shards on" in done.stdout
+
+    sharded = load_index(lat)
+    record = sharded.info.sharding
+    ran_on = {shard["node"] for shard in record["per_shard"]}
+    assert len(ran_on) >= 2 and ran_on <= set(nodes) and record["nodes"] == len(ran_on)
+    local = build_index(lat, kind="ivf", save=False, progress=False)
+    assert np.array_equal(sharded.ids, local.ids)
+    assert sharded.info.recall == local.info.recall
+    queries = x[:50].astype("f4") + 0.01
+    assert np.array_equal(sharded.search(queries, 10)[1], local.search(queries, 10)[1])
