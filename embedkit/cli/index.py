@@ -33,8 +33,14 @@ import click
 @click.option(
     "--shards", type=int, default=None, help="Shards of a --engine ray build [two per cluster CPU]."
 )
-@click.option("--address", "ray_address", default=None,
-              help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")  # fmt: skip
+@click.option(
+    "--address",
+    "ray_address",
+    default=None,
+    help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).",
+)
+@click.option("--on-disk/--in-ram", "on_disk", default=None,
+              help="IVF lists in a memory-mapped file, or in RAM [as saved].")  # fmt: skip
 def index_command(
     latents: str,
     metric: str | None,
@@ -46,6 +52,7 @@ def index_command(
     engine: str,
     shards: int | None,
     ray_address: str | None,
+    on_disk: bool | None,
 ) -> None:
     """Build a FAISS index in LATENTS/index/, or bring the saved one up to date (rows of
     new parts added, those of removed parts taken out; a rebuild when it no longer fits
@@ -64,6 +71,7 @@ def index_command(
         engine=engine,
         shards=shards,
         ray_address=ray_address,
+        on_disk=on_disk,
     )
     info = built.info
     click.echo(_action_line(info.update))
@@ -88,7 +96,15 @@ def index_command(
     click.echo(f"ntotal     {info.ntotal:,}  dim {info.dim}")
     click.echo(f"recall@{info.k:<3} {recall}  params {params}")
     click.echo(f"built in   {info.build_seconds:.1f}s on {info.built_on}{_sharded(info.sharding)}")
-    click.echo(f"index   -> {built.path}")
+    click.echo(f"index   -> {built.path}{_lists_line(info)}")
+
+
+def _lists_line(info: Any) -> str:
+    """`` (lists on disk: lists-ab12cd34.ivfdata)`` for an on-disk index, else nothing."""
+    from embedkit.index.persist import file_of
+
+    lists = file_of(info, "lists")
+    return f" (lists on disk: {lists})" if lists else ""
 
 
 def _sharded(sharding: dict) -> str:

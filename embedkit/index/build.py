@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -29,11 +30,12 @@ from tqdm import tqdm
 
 from embedkit.errors import InputError
 from embedkit.index.choose import IndexChoice
+from embedkit.index.fill import exact_knn, fill, lists_path
 from embedkit.index.filtered import calibrate_filtered
-from embedkit.index.gpu import GpuHelper, to_gpu
+from embedkit.index.gpu import GpuHelper
 from embedkit.index.info import IndexInfo
 from embedkit.index.loaded import LoadedIndex
-from embedkit.index.metric import METRICS
+from embedkit.index.ondisk import faiss_quiet
 from embedkit.index.parts import part_of_positions, part_records
 from embedkit.index.persist import save_index
 from embedkit.index.plan import (
@@ -44,9 +46,8 @@ from embedkit.index.plan import (
     plan_build,
     training_rows,
 )
-from embedkit.index.recall_set import TRUTH_DEPTH, RecallSet
-from embedkit.index.select import collect_rows, progress_bar, stream_batches
-from embedkit.index.sharded import sharded_add_pass
+from embedkit.index.recall_set import RecallSet
+from embedkit.index.select import collect_rows
 from embedkit.index.tune import (
     AfterAdd,
     Truth,
@@ -83,54 +84,6 @@ def sample_pass(
     return held
 
 
-def add_pass(
-    plan: BuildPlan,
-    work: faiss.Index,
-    queries: np.ndarray,
-    gpu: GpuHelper | None,
-    progress: bool,
-    batch_size: int,
-) -> tuple[list[np.ndarray], Truth | None]:
-    """Pass 2: add every row but the queries to ``work``, computing the queries' exact
-    k nearest neighbours on the way. Returns the ids in faiss row order and the true
-    neighbours with their distances (None without queries)."""
-    k_eff = min(plan.k, plan.n - len(queries))
-    # k and more: ties past the k-th, and the depth a filtered search is calibrated on
-    kk = min(max(2, TRUTH_DEPTH) * plan.k, plan.n - len(queries))
-    keep_max = plan.metric == "cosine"
-    heap = faiss.ResultHeap(len(queries), kk, keep_max=keep_max) if len(queries) else None
-    id_parts: list[np.ndarray] = []
-    added = 0
-    with progress_bar(progress, plan.n, "add") as bar:
-        for offset, ids, vectors in stream_batches(plan.ds, plan.metric, batch_size):
-            bar.update(len(vectors))
-            if heap is not None:  # hold the query rows back
-                lo, hi = np.searchsorted(plan.query_pos, [offset, offset + len(vectors)])
-                keep = np.ones(len(vectors), dtype=bool)
-                keep[plan.query_pos[lo:hi] - offset] = False
-                vectors, ids = vectors[keep], ids[keep]
-            if len(vectors) == 0:
-                continue
-            work.add(vectors)
-            id_parts.append(ids)
-            if heap is not None:
-                dist, found = _knn(queries, vectors, min(kk, len(vectors)), plan.metric, gpu)
-                heap.add_result(dist, found + added)
-            added += len(vectors)
-    if heap is None:
-        return id_parts, None
-    heap.finalize()
-    return id_parts, Truth.from_knn(queries, heap.D, heap.I, k_eff, keep_max)
-
-
-def _knn(
-    queries: np.ndarray, vectors: np.ndarray, k: int, metric: str, gpu: GpuHelper | None
-) -> tuple[np.ndarray, np.ndarray]:
-    if gpu is not None:
-        return gpu.knn(queries, vectors, k, METRICS[metric])
-    return faiss.knn(queries, vectors, k, metric=METRICS[metric])
-
-
 def tune_pass(
     plan: BuildPlan,
     work: faiss.Index,
@@ -164,6 +117,7 @@ def build_index(
     engine: str = "local",
     shards: int | None = None,
     ray_address: str | None = None,
+    on_disk: bool = False,
 ) -> LoadedIndex:
     """Build a FAISS index over a latent dataset, measure its recall, and save it.
 
@@ -195,6 +149,9 @@ def build_index(
         shards: the number of shards (None: two per CPU of the cluster, each of at least
             50,000 rows).
         ray_address: the Ray cluster (None: ``$RAY_ADDRESS``, else a local Ray).
+        on_disk: keep the inverted lists in a ``.ivfdata`` file in the index folder,
+            memory-mapped, instead of RAM (IVF kinds without refine or fast-scan codes;
+            ``auto`` adapts its choice; CPU). See :mod:`embedkit.index.ondisk`.
 
     Example:
         >>> idx = build_index("latents/", metric="cosine", kind="auto")
@@ -203,7 +160,7 @@ def build_index(
     start = time.perf_counter()
     plan = plan_build(
         latents, metric, kind, memory_budget, recall_sample, k, gpu, target_recall, progress,
-        batch_size, _sharding(engine, shards, ray_address),
+        batch_size, _sharding(engine, shards, ray_address), on_disk,
     )  # fmt: skip
     save = _should_save(plan.ds, save)
     loaded = _build(plan, progress, batch_size, target_recall, recall_sample)
@@ -224,24 +181,18 @@ def _build(
     """Train, fill and tune the planned index; the held-out rows go in last, checked."""
     helper = GpuHelper() if plan.gpu else None
     queries, query_ids = sample_pass(plan, helper, progress, batch_size)
-    work, on_gpu, sharding = plan.index, False, {}  # work: the index filled and tuned
-    if helper is not None:
-        clone = to_gpu(plan.index, plan.gpu_bytes)  # None: no room or no GPU version
-        if clone is not None:
-            work, on_gpu = clone, True
-    if plan.sharding is not None:
-        added = sharded_add_pass(plan, queries, progress)
-        work, id_parts, truth, sharding = added.index, added.id_parts, added.truth, added.record
-    else:
-        id_parts, truth = add_pass(plan, work, queries, helper, progress, batch_size)
-    tuned = tune_pass(plan, work, queries, truth, on_gpu, target_recall)
-    held = _add_queries(plan, work, queries, truth, tuned, helper, on_gpu, target_recall)
-    id_parts.extend(query_ids[part] for part in held.order)
+    lists = lists_path(plan) if plan.on_disk else None
+    with faiss_quiet() if lists is not None else nullcontext():
+        filled = fill(plan, queries, helper, lists, progress, batch_size)
+        work, on_gpu = filled.index, filled.on_gpu
+        tuned = tune_pass(plan, work, queries, filled.truth, on_gpu, target_recall)
+        held = _add_queries(plan, work, queries, filled.truth, tuned, helper, on_gpu, target_recall)
+    id_parts = [*filled.id_parts, *(query_ids[part] for part in held.order)]
     if progress and held.tuned is not None:
         params = held.tuned.params or "exact search"
         tqdm.write(f"recall@{plan.k} = {held.tuned.recall:.3f} with {params}")
     info = _info(plan, held, len(queries), recall_sample, target_recall, on_gpu, work)
-    info.sharding = sharding
+    info.sharding = filled.sharding
     ids = np.concatenate(id_parts) if id_parts else np.array([], dtype=object)
     return LoadedIndex(
         index=work, ids=ids, info=info, dataset=plan.ds, on_gpu=on_gpu,
@@ -279,7 +230,7 @@ def _add_queries(
         return HeldOut(tuned, order=[np.arange(len(queries))])
     filter_params = calibrate_filtered(work, queries, truth, tuned.params, target, on_gpu)
     first_row = int(work.ntotal)
-    knn = partial(_knn, metric=plan.metric, gpu=helper)
+    knn = partial(exact_knn, metric=plan.metric, gpu=helper)
     tuned, check, order = add_held_out(work, queries, truth, tuned, knn, target, on_gpu)
     labels = np.empty(len(queries), dtype=np.int64)
     labels[np.concatenate(order)] = first_row + np.arange(len(queries))

@@ -6,6 +6,8 @@ An index lives in the dataset folder::
       index.faiss    the faiss index (always saved as a CPU index)
       ids.parquet    faiss row -> latent id and part, in the order rows were added
       recall.npz     the recall queries and their exact neighbours (kept up to date)
+      lists-<token>.ivfdata   an on-disk index's inverted lists (memory-mapped; only when
+                     built with on_disk=True, see embedkit.index.ondisk)
       index.json     metric, kind, factory, search params, recall@k, fingerprint, parts,
                      files, ...
 

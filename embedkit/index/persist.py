@@ -9,6 +9,8 @@ update keeps the old index valid until the new one is complete: it writes new fi
 (``index-<token>.faiss``, ...) beside the old ones and then replaces ``index.json``, so
 the folder always holds one complete index, the old or the new. Files no ``index.json``
 names are removed after each save. Saves (and updates) take the dataset's index lock.
+An on-disk index also names its ``.ivfdata`` lists file, made in the folder by the build
+(:mod:`~embedkit.index.ondisk`), checked like the others and read from the same folder.
 
 An index of a dataset on object storage is saved there the same way (each file appears
 whole; ``index.json`` last), under an object lock (:class:`~embedkit.store.lock.ObjectLock`).
@@ -47,6 +49,7 @@ from embedkit.index.info import (
     index_dir,
 )
 from embedkit.index.loaded import LoadedIndex
+from embedkit.index.ondisk import LISTS_SUFFIX, lists_file, read_on_disk
 from embedkit.index.recall_set import RecallSet, read_recall_set, write_recall_set
 from embedkit.location import RemotePath
 from embedkit.store.dataset import LatentDataset
@@ -69,7 +72,7 @@ __all__ = [
 
 CHECKED_FILES = (INDEX_FILE, IDS_FILE)
 #: what each file of an index folder ends with (its role), and the build's file names
-SUFFIXES = {"index": ".faiss", "ids": ".parquet", "recall": ".npz"}
+SUFFIXES = {"index": ".faiss", "ids": ".parquet", "recall": ".npz", "lists": LISTS_SUFFIX}
 BUILD_NAMES = {"index": INDEX_FILE, "ids": IDS_FILE, "recall": RECALL_FILE}
 #: how long a save waits for another process's save or update of the same index
 LOCK_SECONDS = 600
@@ -157,7 +160,7 @@ def save_index(loaded: LoadedIndex, update: bool = False, locked: bool = False) 
     with atomic_path(folder / names["index"]) as tmp:
         faiss.write_index(to_cpu(loaded.index, loaded.on_gpu), str(tmp))
     atomic_write_table(_ids_table(loaded), folder / names["ids"])
-    written = [names["index"], names["ids"]]
+    written = [names["index"], names["ids"], *_lists_name(loaded, folder)]
     if loaded.recall is not None:
         write_recall_set(loaded.recall, folder / names["recall"])
         written.append(names["recall"])
@@ -166,6 +169,16 @@ def save_index(loaded: LoadedIndex, update: bool = False, locked: bool = False) 
         tmp.write_text(loaded.info.to_json())
     _remove_unnamed(folder, set(written))
     return folder
+
+
+def _lists_name(loaded: LoadedIndex, folder: Path) -> list[str]:
+    """The on-disk lists file of ``loaded`` (it was made in ``folder``), if it has one."""
+    lists = lists_file(loaded.index)
+    if lists is None:
+        return []
+    if Path(lists).parent.resolve() != Path(folder).resolve():
+        raise InputError(f"the on-disk lists {lists} are not in {folder}; build the index again")
+    return [Path(lists).name]
 
 
 def _ids_table(loaded: LoadedIndex) -> pa.Table:
@@ -283,11 +296,13 @@ def read_index_files(folder: Path, ds: LatentDataset, mmap: bool, info: IndexInf
     """The faiss index, its ids and their parts from ``folder``, each file checked against
     ``info`` (size and sha256) before it is read, then against each other and ``ds``."""
     names = {role: file_of(info, role) for role in ("index", "ids")}
+    lists = file_of(info, "lists")  # an on-disk index: read from its folder, read-only
     try:
         local = local_copy(folder, info, [name for name in names.values() if name], ds.path)
-        for name in names.values():
+        for name in [*names.values(), *([lists] if lists else [])]:
             _verify(local / (name or INFO_FILE), info.files.get(name or ""), ds.path)
-        index = _read_faiss(local / names["index"], mmap)
+        path = local / names["index"]
+        index = read_on_disk(path) if lists else _read_faiss(path, mmap)
         table = pq.read_table(local / names["ids"])
         ids = table.column("id").to_numpy(zero_copy_only=False)
         parts = table.column("part").to_numpy() if "part" in table.column_names else None

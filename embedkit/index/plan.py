@@ -22,6 +22,7 @@ from embedkit.index.choose import (
 from embedkit.index.gpu import default_gpu_budget, use_gpu
 from embedkit.index.info import view_fingerprint
 from embedkit.index.metric import METRICS
+from embedkit.index.ondisk import check_on_disk, on_disk_choice
 from embedkit.index.select import (
     Selection,
     collect_rows,
@@ -30,6 +31,7 @@ from embedkit.index.select import (
     select_index,
 )
 from embedkit.index.shard_merge import check_shardable
+from embedkit.location import is_remote
 from embedkit.store.dataset import LatentDataset, open_latents
 from embedkit.store.vectors import PartStat, part_stats
 
@@ -67,6 +69,7 @@ class BuildPlan:
     selection: Selection | None = None
     parts: list[PartStat] | None = None  # the parts read (None: a filtered view)
     sharding: Sharding | None = None  # None: the add pass runs here
+    on_disk: bool = False  # the inverted lists in a file (see embedkit.index.ondisk)
 
     @property
     def exact(self) -> bool:
@@ -111,41 +114,40 @@ def plan_build(
     progress: bool = False,
     batch_size: int = 65_536,
     sharding: Sharding | None = None,
+    on_disk: bool = False,
 ) -> BuildPlan:
     """Check the arguments, choose the index (``auto``: by measurement, see
     :func:`measures_auto`) and draw the training and query rows. On a GPU build the
     default budget is what the GPUs can hold, not half the host's RAM. A sharded build
-    runs on the CPU and chooses among the kinds whose shards merge (no HNSW)."""
+    runs on the CPU and chooses among the kinds whose shards merge (no HNSW); an on-disk
+    one among IVF kinds whose lists faiss keeps on disk (:mod:`~.ondisk`)."""
     ds = open_latents(latents)
-    if sharding is not None and ds.expression is not None:
-        raise InputError("a sharded build (engine ray) needs the whole dataset, not a filter")
-    if metric not in METRICS:
-        raise InputError(f"metric {metric!r} is not supported; use cosine or l2")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise InputError(f"k must be an integer >= 1, got {k!r}")
+    _check(ds, metric, k, sharding, on_disk)
     budget = parse_memory(memory_budget)
     stats = part_stats(ds.files)  # before reading: rows added meanwhile make it stale
     fingerprint = view_fingerprint(ds, stats)
     n = sum(s.rows for s in stats) if ds.expression is None else len(ds)
     if n == 0:
         raise InputError(f"no rows to index in {ds.path} (empty dataset or filter matched none)")
-    on_gpu = use_gpu(gpu) if sharding is None else False
+    on_gpu = use_gpu(gpu) if sharding is None and not on_disk else False
     sizing = default_gpu_budget() if budget is None and on_gpu else budget
+    layout = (sharding is not None, on_disk)
     selection = None
     if measures_auto(kind, n, ds.dim, on_gpu, recall_sample):  # measure on a sample
         ((sample, _),) = collect_rows(ds, metric, [sample_positions(n, ds.dim)], progress,
                                       batch_size, "select")  # fmt: skip
-        choices = candidate_choices(n, ds.dim, sizing)
-        choices = [c for c in choices if sharding is None or c.kind != "hnsw"]
+        choices = _candidates(candidate_choices(n, ds.dim, sizing), *layout)
         selection = select_index(sample, n, metric, k, target_recall, choices, progress)
         choice = selection.choice
     elif kind == "auto":
-        choice = choose_index(n, ds.dim, sizing, on_gpu, sharded=sharding is not None)
+        choice = choose_index(n, ds.dim, sizing, on_gpu, sharded=sharding is not None or on_disk)
+        if on_disk and choice.kind == "flat":
+            choice = factory_for_kind("ivf", n, ds.dim, sizing)
     else:
         choice = factory_for_kind(kind, n, ds.dim, sizing)
+    choice = on_disk_choice(choice) if on_disk else choice
     index = new_index(choice, ds.dim, metric)
-    if sharding is not None:
-        check_shardable(index, choice.factory)
+    _check_index(index, choice, *layout)
     rng = np.random.default_rng(0)
     exact = choice.factory == "Flat"
     n_queries = 0 if exact or n < 2 else min(max(int(recall_sample), 0), max(n // 10, 1))
@@ -153,5 +155,35 @@ def plan_build(
     train_pos = np.sort(rng.choice(n, training_rows(index, n), replace=False))
     return BuildPlan(
         ds, metric, kind, k, choice, index, n, query_pos, train_pos, on_gpu, budget, fingerprint,
-        selection, stats if ds.expression is None else None, sharding,
+        selection, stats if ds.expression is None else None, sharding, on_disk,
     )  # fmt: skip
+
+
+def _check(
+    ds: LatentDataset, metric: str, k: object, sharding: Sharding | None, on_disk: bool
+) -> None:
+    if sharding is not None and ds.expression is not None:
+        raise InputError("a sharded build (engine ray) needs the whole dataset, not a filter")
+    if on_disk and (ds.expression is not None or is_remote(ds.path)):
+        raise InputError("an on-disk index needs the whole dataset in a local folder")
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not supported; use cosine or l2")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise InputError(f"k must be an integer >= 1, got {k!r}")
+
+
+def _candidates(choices: list[IndexChoice], sharded: bool, on_disk: bool) -> list[IndexChoice]:
+    """``auto``'s candidates for this layout: no HNSW in shards; IVF only, on disk."""
+    if sharded:
+        choices = [c for c in choices if c.kind != "hnsw"]
+    if on_disk:
+        adapted = [on_disk_choice(c) for c in choices if c.kind not in ("flat", "hnsw")]
+        choices = list({c.factory: c for c in adapted}.values())
+    return choices
+
+
+def _check_index(index: faiss.Index, choice: IndexChoice, sharded: bool, on_disk: bool) -> None:
+    if sharded:
+        check_shardable(index, choice.factory)
+    if on_disk:
+        check_on_disk(index, choice.factory)

@@ -26,6 +26,7 @@ from typing import Any
 
 from embedkit.index.choose import choose_index, ivf_nlist
 from embedkit.index.info import IndexInfo
+from embedkit.index.ondisk import LISTS_SUFFIX
 from embedkit.index.parts import PartChanges, part_changes
 from embedkit.index.select import measures_auto
 from embedkit.store.vectors import PartStat
@@ -106,6 +107,8 @@ def plan_refresh(
         return Refresh("unchanged", f"the index holds all {info.ntotal:,} rows", changes)
     n = info.ntotal - changes.removed_rows + changes.added_rows
     why = _outgrown(info, n)
+    if why is None and any(name.endswith(LISTS_SUFFIX) for name in info.files):
+        why = "its inverted lists are on disk, read-only (an on-disk index is rebuilt)"
     if why is None and changes.gone and not removes_rows(info):
         why = f"{info.factory} cannot remove rows (faiss HNSW graphs cannot lose nodes)"
     if why is not None:

@@ -19,6 +19,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from embedkit.errors import EmbedkitError, InputError
+from embedkit.index.ondisk import lists_to_disk
 from embedkit.index.plan import BuildPlan
 from embedkit.index.recall_set import TRUTH_DEPTH
 from embedkit.index.select import progress_bar
@@ -114,8 +116,11 @@ def _run(
             raise one_line_error(exc) from exc
 
 
-def sharded_add_pass(plan: BuildPlan, queries: np.ndarray, progress: bool) -> ShardedAdd:
-    """Pass 2 on Ray: every row but the queries added in shards, merged in order."""
+def sharded_add_pass(
+    plan: BuildPlan, queries: np.ndarray, progress: bool, lists: Path | None = None
+) -> ShardedAdd:
+    """Pass 2 on Ray: every row but the queries added in shards, merged in order (into
+    inverted lists on disk in the file ``lists`` when given)."""
     if plan.parts is None:
         raise InputError("a sharded build needs the whole dataset, not a filtered view")
     ray = import_ray()
@@ -124,7 +129,7 @@ def sharded_add_pass(plan: BuildPlan, queries: np.ndarray, progress: bool) -> Sh
         count = shard_count(plan.sharding.shards, plan.n, ray.cluster_resources().get("CPU", 1))
         tasks = plan_shards(plan.parts, plan.query_pos, count, plan.metric, plan.ds.dim)
         kk = min(max(2, TRUTH_DEPTH) * plan.k, plan.n - len(queries))
-        return _merged(plan, tasks, queries, kk, ray, progress)
+        return _merged(plan, tasks, queries, kk, ray, progress, lists)
     finally:
         if started:
             ray.shutdown()
@@ -132,11 +137,13 @@ def sharded_add_pass(plan: BuildPlan, queries: np.ndarray, progress: bool) -> Sh
 
 def _merged(
     plan: BuildPlan, tasks: list[ShardTask], queries: np.ndarray, kk: int, ray: Any,
-    progress: bool,
+    progress: bool, lists: Path | None,
 ) -> ShardedAdd:  # fmt: skip
     """Run the shards and merge them, in order, into a copy of the trained index."""
     began = time.perf_counter()
     merged = from_bytes(to_bytes(plan.index))
+    if lists is not None:
+        lists_to_disk(merged, lists)
     keep_max = plan.metric == "cosine"
     heap = faiss.ResultHeap(len(queries), kk, keep_max=keep_max) if len(queries) else None
     id_parts, shards, merge_seconds = [], [], 0.0

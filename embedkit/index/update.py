@@ -30,7 +30,14 @@ from embedkit.index.load import load_index
 from embedkit.index.loaded import LoadedIndex
 from embedkit.index.metric import METRICS
 from embedkit.index.parts import PartChanges, part_of_positions, part_records
-from embedkit.index.persist import index_lock, read_index_files, read_info, read_recall, save_index
+from embedkit.index.persist import (
+    file_of,
+    index_lock,
+    read_index_files,
+    read_info,
+    read_recall,
+    save_index,
+)
 from embedkit.index.recall_set import TRUTH_DEPTH, RecallSet, drawn_recall_set
 from embedkit.index.recheck import Recheck, recheck_fresh, recheck_kept
 from embedkit.index.refresh import Refresh, plan_refresh
@@ -65,6 +72,7 @@ def update_index(
     engine: str = "local",
     shards: int | None = None,
     ray_address: str | None = None,
+    on_disk: bool | None = None,
 ) -> LoadedIndex:
     """Bring the index in ``<latents>/index/`` up to date: add the rows of new parts and
     remove those of removed or rewritten parts when the index still fits its choice,
@@ -81,6 +89,8 @@ def update_index(
             (an update in place runs on the CPU).
         engine, shards, ray_address: where a build or rebuild adds its rows, as for
             :func:`~embedkit.index.build.build_index` (an update in place runs here).
+        on_disk: inverted lists on disk (see ``build_index``); None keeps the saved
+            index's. An on-disk index is rebuilt, never updated in place.
 
     Example:
         >>> idx = update_index("latents/")           # after `embedkit embed` added images
@@ -96,6 +106,7 @@ def update_index(
     }  # fmt: skip
     with index_lock(ds):
         info, refresh, stats = _decide(ds, requested, rebuild)
+        refresh, on_disk = _lists_layout(info, refresh, on_disk)
         loaded = None
         if refresh.action == "unchanged":
             try:
@@ -110,8 +121,9 @@ def update_index(
             if loaded is not None:
                 loaded.gpu = gpu if use_gpu(gpu) else False
         if loaded is None:
-            sharding = {"engine": engine, "shards": shards, "ray_address": ray_address}
-            loaded = _rebuild(ds, info, requested, gpu, progress, batch_size, sharding)
+            layout = {"engine": engine, "shards": shards, "ray_address": ray_address,
+                      "on_disk": on_disk}  # fmt: skip
+            loaded = _rebuild(ds, info, requested, gpu, progress, batch_size, layout)
             action = "rebuild" if info is not None else "build"
             loaded.info.update = {"action": action, "reason": refresh.reason}
         loaded.info.update["seconds"] = round(time.perf_counter() - start, 3)
@@ -119,6 +131,19 @@ def update_index(
         # an index that was there stays valid until the new one is complete
         loaded.path = save_index(loaded, update=info is not None, locked=True)
     return loaded
+
+
+def _lists_layout(
+    info: IndexInfo | None, refresh: Refresh, on_disk: bool | None
+) -> tuple[Refresh, bool]:
+    """``refresh`` made a rebuild when lists on disk (or in RAM) are asked for and the
+    saved index has them elsewhere; and whether the lists go on disk."""
+    saved = info is not None and file_of(info, "lists") is not None
+    wanted = saved if on_disk is None else on_disk
+    if info is not None and wanted != saved and refresh.action != "rebuild":
+        where = "on disk" if wanted else "in RAM"
+        return Refresh("rebuild", f"lists {where} asked for; the index has them elsewhere"), wanted
+    return refresh, wanted
 
 
 def _decide(
@@ -144,10 +169,11 @@ def _rebuild(
     gpu: bool | None,
     progress: bool,
     batch_size: int,
-    sharding: dict[str, Any],
+    layout: dict[str, Any],
 ) -> LoadedIndex:
     """A new index with the saved settings, overridden by those ``requested``; built
-    here or in shards on Ray (``sharding``: build_index's engine, shards, ray_address)."""
+    here or in shards on Ray, lists in RAM or on disk (``layout``: build_index's
+    engine, shards, ray_address, on_disk)."""
     saved = {} if info is None else {name: getattr(info, name) for name in requested}
     settings = {**saved, **{name: v for name, v in requested.items() if v is not None}}
     options = {
@@ -158,7 +184,7 @@ def _rebuild(
     }  # fmt: skip
     options = {name: value for name, value in options.items() if value is not None}
     return build_index(
-        ds, gpu=gpu, progress=progress, save=False, batch_size=batch_size, **options, **sharding
+        ds, gpu=gpu, progress=progress, save=False, batch_size=batch_size, **options, **layout
     )
 
 

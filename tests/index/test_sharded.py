@@ -68,9 +68,7 @@ def test_shards_cover_every_row_once_balanced_with_the_queries_held_out():
     queries = np.array([0, 9, 10, 12, 29])
     tasks = plan_shards(parts, queries, 4, "cosine", DIM)
 
-    covered = [
-        (p.path, row) for t in tasks for p in t.pieces for row in range(p.first, p.stop)
-    ]
+    covered = [(p.path, row) for t in tasks for p in t.pieces for row in range(p.first, p.stop)]
     expected = [(s, r) for s, n in (("a", 10), ("b", 3), ("c", 17)) for r in range(n)]
     assert covered == expected  # in stream order, each row once
     assert [t.rows for t in tasks] == [8, 7, 7, 8]
@@ -186,3 +184,19 @@ def test_ray_build_equals_the_local_build(latents: Path, local_ray, kind: str):
     hits = neighbors(latents, ids=["p1-5", "p2-7"], k=5, index=mapped)
     direct = neighbors(latents, ids=["p1-5", "p2-7"], k=5, index=sharded)
     assert hits["id"].tolist() == direct["id"].tolist()
+
+
+def test_ray_build_merges_shards_into_lists_on_disk(latents: Path, local_ray):
+    from embedkit.index.ondisk import lists_file
+
+    clear_index_cache()
+    local = build_index(latents, kind="ivf", save=False, progress=False)
+    sharded = build_index(latents, kind="ivf", engine="ray", shards=3, on_disk=True,
+                          progress=False)  # fmt: skip
+    assert lists_file(sharded.index) is not None
+    assert np.array_equal(sharded.ids, local.ids)
+    queries = clustered(100, 4)
+    faiss.normalize_L2(queries)
+    assert np.array_equal(local.search(queries, 10)[1], sharded.search(queries, 10)[1])
+    loaded = load_index(latents)
+    assert np.array_equal(local.search(queries, 10)[1], loaded.search(queries, 10)[1])

@@ -182,7 +182,7 @@ def test_sharded_index_build_spreads_over_the_nodes(cluster, tmp_path: Path):
 
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((30, 16))
-    x = (centers[rng.integers(0, 30, 24_000)] + 0.4 * rng.standard_normal((24_000, 16)))
+    x = centers[rng.integers(0, 30, 24_000)] + 0.4 * rng.standard_normal((24_000, 16))
     lat = tmp_path / "lat"
     for p in range(4):
         ids = [f"p{p}-{i}" for i in range(6_000)]
