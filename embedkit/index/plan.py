@@ -119,8 +119,9 @@ def plan_build(
     """Check the arguments, choose the index (``auto``: by measurement, see
     :func:`measures_auto`) and draw the training and query rows. On a GPU build the
     default budget is what the GPUs can hold, not half the host's RAM. A sharded build
-    runs on the CPU and chooses among the kinds whose shards merge (no HNSW); an on-disk
-    one among IVF kinds whose lists faiss keeps on disk (:mod:`~.ondisk`)."""
+    chooses among the kinds whose shards merge (no HNSW), an on-disk one among IVF kinds
+    whose lists faiss keeps on disk (:mod:`~.ondisk`); both train on the GPU when there
+    is one and fill the index on the CPU (the workers', or lists on disk)."""
     ds = open_latents(latents)
     _check(ds, metric, k, sharding, on_disk)
     budget = parse_memory(memory_budget)
@@ -129,8 +130,9 @@ def plan_build(
     n = sum(s.rows for s in stats) if ds.expression is None else len(ds)
     if n == 0:
         raise InputError(f"no rows to index in {ds.path} (empty dataset or filter matched none)")
-    on_gpu = use_gpu(gpu) if sharding is None and not on_disk else False
-    sizing = default_gpu_budget() if budget is None and on_gpu else budget
+    on_gpu = use_gpu(gpu)  # sharded or on disk: the GPU trains; the index stays in RAM/disk
+    gpu_holds_index = on_gpu and sharding is None and not on_disk
+    sizing = default_gpu_budget() if budget is None and gpu_holds_index else budget
     layout = (sharding is not None, on_disk)
     selection = None
     if measures_auto(kind, n, ds.dim, on_gpu, recall_sample):  # measure on a sample

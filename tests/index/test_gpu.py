@@ -234,6 +234,18 @@ def test_gpu_build_trains_on_the_gpu_then_clones_the_trained_index(small, fake_g
     assert len(fake.resources) == 1
 
 
+def test_on_disk_build_trains_on_the_gpu_and_keeps_the_lists_on_disk(small, fake_gpu) -> None:
+    from embedkit.index.ondisk import lists_file
+
+    fake = fake_gpu()
+    path, _ = small
+    built = build_index(path, kind="ivf", on_disk=True, progress=False)
+    assert fake.clones == [("IndexFlat", (0,), False)]  # k-means only: no GPU copy
+    assert built.info.built_on == "cpu" and not built.on_gpu
+    assert lists_file(built.index) is not None and built.info.recall >= 0.95
+    assert fake.knn > 0  # the recall queries' ground truth on the GPU
+
+
 # -- 2. sizing from GPU memory -----------------------------------------------------------
 def test_placement_fits_one_gpu_then_shards_then_the_cpu() -> None:
     free = [GPU_RESERVE + 10 * GIB, GPU_RESERVE + 6 * GIB, GPU_RESERVE + 2 * GIB]
