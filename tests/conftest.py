@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from s3_fixtures import s3_bucket, s3_endpoint  # noqa: F401  (fixtures for every folder)
 
 import embedkit
 import embedkit.plugins

@@ -7,7 +7,7 @@ import os
 from embedkit.device import names_several
 from embedkit.errors import InputError
 from embedkit.images.sources import Source
-from embedkit.location import RemotePath, is_remote, locate
+from embedkit.location import RemotePath
 from embedkit.pipeline.steps import EmbedOptions, EmbedResult
 from embedkit.plugins.backbone import Backbone
 
@@ -78,11 +78,6 @@ def embed(
         backbone_options=backbone_options,
     )
     if engine == "ray":
-        if is_remote(locate(out_dir)):
-            raise InputError(
-                f"the Ray engine writes to a folder every node shares, not to {out_dir}; "
-                "use --engine local for object storage, or a shared file system"
-            )
         if names_several(device):
             raise InputError(
                 f"device {device!r} names several devices: Ray places one actor per GPU "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from embedkit.device import precision_name
 from embedkit.images.sources import Source
+from embedkit.location import locate
 from embedkit.pipeline.ray_cluster import (
     connect,
     import_ray,
@@ -91,7 +91,7 @@ def embed_with_ray(
     mode = writes_mode(writes)
     ray = import_ray()
     started = time.monotonic()
-    out_dir = Path(out_dir)
+    out_dir = locate(out_dir)  # a local folder, or a RemotePath for a URI
     shipped: Backbone | None = None
     if isinstance(backbone, str):  # the driver's copy only gives info and preprocess
         backbone = load_backbone(backbone, device="cpu", **(opts.backbone_options or {}))

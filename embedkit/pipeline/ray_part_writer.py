@@ -4,7 +4,7 @@ parts into the dataset folder, and reports what it closed, the failed inputs and
 progress to the driver, which commits the parts.
 
 The driver's run token proves the worker sees the same dataset folder (a shared file
-system) before anything is written.
+system, or the same object-storage URI) before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from embedkit.errors import InputError
+from embedkit.location import RemotePath, arrow_source, locate
 from embedkit.pipeline.ray_rows import EncodedRows, split_batch
 from embedkit.store.format import LatentMeta
 from embedkit.store.lock import STATE_DIR
@@ -43,7 +44,7 @@ class Report:
     fatal: tuple[str, str] | None = None  # (path, reason): a plugin failed in preprocess
 
 
-def publish_run_token(folder: Path) -> str:
+def publish_run_token(folder: Path | RemotePath) -> str:
     """Write a new token into the dataset's state folder for part writers to check."""
     token = uuid.uuid4().hex
     (folder / STATE_DIR / RUN_TOKEN).write_text(token)
@@ -53,8 +54,8 @@ def publish_run_token(folder: Path) -> str:
 def check_run_token(folder: str, token: str, node: str) -> None:
     """One line when this node does not see the driver's dataset folder."""
     try:
-        seen = (Path(folder) / STATE_DIR / RUN_TOKEN).read_text()
-    except OSError:
+        seen = (locate(folder) / STATE_DIR / RUN_TOKEN).read_text()
+    except (OSError, InputError):
         seen = None
     if seen != token:
         raise InputError(
@@ -80,7 +81,10 @@ class PartWriter:
         self.node = ray.get_runtime_context().get_node_id()
         check_run_token(folder, token, self.node)
         self.folder, self.schema, self.meta = folder, schema, meta
-        self.stager = PartStager(folder, schema, durable=True, **part)
+        inner, filesystem = arrow_source(folder)  # a local folder, or a URI's file system
+        self.stager = PartStager(
+            inner, schema, durable=filesystem is None, filesystem=filesystem, **part
+        )
 
     def run(self, split: Any) -> Iterator[Report]:
         """Write every batch of ``split``, yielding :class:`Report` s (a streaming

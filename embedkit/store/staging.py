@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
+from embedkit.location import RemotePath
 from embedkit.store.format import META_KEY
 from embedkit.store.parts import parquet_options
 
@@ -159,11 +160,13 @@ class PartStager:
         return f"{self.folder}/{name}"
 
 
-def check_staged(path: str | os.PathLike, staged: StagedPart, schema: pa.Schema) -> None:
+def check_staged(
+    path: str | os.PathLike | RemotePath, staged: StagedPart, schema: pa.Schema
+) -> None:
     """Refuse to commit a staged part that is missing here, incomplete, or of another
     schema (one line each): it would otherwise become a visible, wrong part."""
     try:
-        metadata = pq.read_metadata(path)
+        metadata = pq.read_metadata(path.open("rb") if isinstance(path, RemotePath) else path)
     except FileNotFoundError:
         raise InputError(
             f"{path} (a part a worker wrote) is not there as seen from this machine: the "

@@ -205,3 +205,44 @@ def test_sharded_index_build_spreads_over_the_nodes(cluster, tmp_path: Path):
     assert sharded.info.recall == local.info.recall
     queries = x[:50].astype("f4") + 0.01
     assert np.array_equal(sharded.search(queries, 10)[1], local.search(queries, 10)[1])
+
+
+#: a driver that hands the S3 settings to every worker of its job (on a real cluster the
+#: nodes have their own credentials), embeds to S3 and builds the index there, sharded
+S3_DRIVER = r"""
+import json, os, sys
+import ray
+import embedkit
+from embedkit.index import build_index
+
+address, source, uri = sys.argv[1:4]
+names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+         "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+ray.init(address=address, log_to_driver=False, configure_logging=False,
+         runtime_env={"env_vars": {name: os.environ[name] for name in names}})
+result = embedkit.embed(source, "pixels", uri, engine="ray", batch_size=16,
+                        rows_per_part=40, progress=False)
+index = build_index(uri, kind="flat", engine="ray", shards=4, progress=False)
+print(json.dumps({"embedded": result.embedded, "rows_by_node": result.rows_by_node,
+                  "sharding": index.info.sharding}))
+"""
+
+
+@pytest.mark.slow  # two Ray jobs on three nodes with a runtime env: ~1-2 min
+def test_object_storage_on_the_cluster(cluster, shapes: Path, local_out: Path, s3_bucket: str):
+    """Part writers on several nodes stage their parts on S3 and the driver commits them;
+    the sharded index build reads them from S3 on several nodes. The dataset equals the
+    local engine's."""
+    address, nodes = cluster
+    uri = f"{s3_bucket}/lat"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "EMBEDKIT_RAY_ACTORS": "2"}
+    argv = [sys.executable, "-c", S3_DRIVER, address, str(shapes), uri]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["embedded"] == N
+    assert len(result["rows_by_node"]) >= 2 and set(result["rows_by_node"]) <= set(nodes)
+    ran_on = {shard["node"] for shard in result["sharding"]["per_shard"]}
+    assert len(ran_on) >= 2
+    assert_same_dataset(uri, local_out, N)

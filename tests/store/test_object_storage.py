@@ -234,3 +234,43 @@ def test_file_uri_is_a_local_folder(tmp_path: Path) -> None:
     assert result.path == tmp_path / "latents"
     assert len(open_latents(uri)) == 2 and open_latents(tmp_path / "latents").ids().size == 2
     assert isinstance(pafs.FileSystem.from_uri(uri)[0], pafs.LocalFileSystem)  # as pyarrow sees it
+
+
+@pytest.fixture
+def ray_for_s3(s3_bucket: str):
+    """A local Ray started after the S3 variables are set, so its workers see them (on a
+    real cluster every node has its own credentials); shut down after the test."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'embedkit[ray]'")
+    pytest.importorskip("ray.data")
+    assert not ray.is_initialized(), "another test left Ray running"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+def test_ray_workers_write_parts_to_s3_and_build_the_index_there(
+    s3_bucket: str, ray_for_s3, tmp_path: Path
+) -> None:
+    """The Ray engine's part writers stage parts on S3 and the driver commits them (a
+    move: each part appears whole); a sharded index build reads them back on Ray."""
+    paths = make_images(tmp_path / "imgs", 40)
+    uri = f"{s3_bucket}/ray-latents"
+    result = embedkit.embed(tmp_path / "imgs", "pixels", uri, engine="ray", batch_size=8,
+                            rows_per_part=10, progress=False)  # fmt: skip
+    assert (result.embedded, result.errors) == (40, 0) and sum(result.rows_by_node.values()) == 40
+    ds = open_latents(uri)
+    assert len(ds) == 40 and len(ds.files) >= 2  # closed after 10 rows (whole batches)
+    assert not [name for name in objects(uri) if name.rsplit("/", 1)[-1].startswith(".part-")]
+    np.testing.assert_array_equal(
+        np.stack([by_id(uri)[p.name] for p in paths]), expected_vectors(paths)
+    )
+
+    sharded = build_index(uri, kind="flat", engine="ray", shards=3, progress=False)
+    local = build_index(uri, kind="flat", save=False, progress=False)
+    assert sharded.info.sharding["shards"] == 3
+    assert sharded.ids.tolist() == local.ids.tolist()
+    hits = neighbors(uri, ids=[paths[0].name], k=3)
+    assert (
+        hits["id"].tolist() == neighbors(uri, ids=[paths[0].name], k=3, index=local)["id"].tolist()
+    )

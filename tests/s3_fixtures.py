@@ -1,4 +1,5 @@
-"""Fixtures of the store tests: a local S3-compatible server (moto) and a fresh bucket."""
+"""Fixtures for tests on object storage: a local S3-compatible server (moto) and a fresh
+bucket (imported by tests/conftest.py, so every test folder can use them)."""
 
 from __future__ import annotations
 
