@@ -32,7 +32,7 @@ SCRIPTS = {
     "incremental_index.py": (["--rows", "200000"], ["--rows", "50000"]),
     "ray_driver_memory.py": (["--n", "5000"], ["--n", "500"]),
     "sharded_index.py": (["--rows", "200000"], ["--rows", "50000"]),
-    "index_at_scale.py": ([], ["--rows", "2000", "--train", "16384"]),
+    "index_at_scale.py": ([], ["--rows", "2000", "--train", "65536"]),
     "filtered_search.py": (
         ["--rows", "200000"],
         ["--rows", "50000", "--singles", "50", "--sweep", "20,100"],
