@@ -201,8 +201,6 @@ def test_bad_uris_are_one_line_errors(s3_bucket: str, tmp_path: Path) -> None:
         run(tmp_path / "imgs", missing)
     with pytest.raises(InputError, match=f"^source {s3_bucket}/nothing does not exist"):
         embedkit.read_source(f"{s3_bucket}/nothing/")
-    with pytest.raises(InputError, match=r"^the Ray engine writes to a folder every node shares"):
-        run(tmp_path / "imgs", f"{s3_bucket}/latents", engine="ray")
 
 
 def test_cli_embed_index_search_on_s3(
