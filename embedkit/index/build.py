@@ -11,7 +11,9 @@ neighbours and the part of each row recorded, so the index can later be updated 
 (:mod:`embedkit.index.update`).
 
 Vectors stream from the Parquet parts; nothing holds the whole dataset in memory but the
-index itself (and bounded samples). ``auto``'s candidates are in :mod:`~.choose`."""
+index itself (and bounded samples). ``auto``'s candidates are in :mod:`~.choose`. The add
+pass (:mod:`~.fill`) runs here, or in shards on a Ray cluster (``engine="ray"``,
+:mod:`~.sharded`); the inverted lists may live in a file (``on_disk``, :mod:`~.ondisk`)."""
 
 from __future__ import annotations
 
