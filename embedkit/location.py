@@ -24,6 +24,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -284,21 +285,21 @@ class RemotePath:
         return self.read_bytes().decode(encoding)
 
     def write_bytes(self, data: bytes) -> None:
-        """Write ``data`` as one object (a hidden name, then a move, where a file system
-        shows files being written)."""
-        target = self._write_target()
-        if target is not self:
-            self.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as handle:
+        """Write ``data`` as one object (see :meth:`_appearing_whole`)."""
+        with self._appearing_whole() as target, target.open("wb") as handle:
             self._checked(lambda: handle.write(data))
-        if target is not self:
-            target.replace(self)
 
-    def _write_target(self) -> RemotePath:
-        """Where a write goes first: here on an object store, else a hidden sibling."""
+    @contextmanager
+    def _appearing_whole(self) -> Iterator[RemotePath]:
+        """Where to write this file so that it appears whole: here on an object store
+        (a PUT is atomic), else a hidden sibling moved here once the block is done."""
         if self.atomic_put:
-            return self
-        return self.with_name(f".{self.name}.{uuid.uuid4().hex[:8]}.tmp")
+            yield self
+            return
+        target = self.with_name(f".{self.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.parent.mkdir(parents=True, exist_ok=True)
+        yield target
+        target.replace(self)
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(text.encode(encoding))
@@ -307,15 +308,11 @@ class RemotePath:
         """Copy the complete local file ``local`` here, appearing whole (see write_bytes)."""
         import pyarrow.fs as pafs
 
-        target = self._write_target()
-        if target is not self:
-            self.parent.mkdir(parents=True, exist_ok=True)
         local_fs = pafs.LocalFileSystem()
-        self._checked(
-            lambda: pafs.copy_files(
-                os.fspath(local), target.inner, source_filesystem=local_fs,
-                destination_filesystem=self.filesystem,
-            )
-        )  # fmt: skip
-        if target is not self:
-            target.replace(self)
+        with self._appearing_whole() as target:
+            self._checked(
+                lambda: pafs.copy_files(
+                    os.fspath(local), target.inner, source_filesystem=local_fs,
+                    destination_filesystem=self.filesystem,
+                )
+            )  # fmt: skip

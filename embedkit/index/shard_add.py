@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from embedkit.errors import InputError
 from embedkit.index.metric import METRICS, prepare_vectors
 from embedkit.index.shard_merge import from_bytes, to_bytes
-from embedkit.location import RemotePath, file_stat, locate
+from embedkit.location import arrow_source, file_stat
 from embedkit.store.format import EMBEDDING, vectors_from_column
 
 __all__ = ["Piece", "ShardResult", "ShardTask", "add_shard"]
@@ -76,8 +76,8 @@ def _batches(piece: Piece, dim: int, batch_rows: int) -> Iterator[tuple[np.ndarr
         raise InputError(
             f"{piece.path} changed while the index was built; run `embedkit index` again"
         )
-    where = locate(piece.path)  # a local path or an object-storage URI
-    part = pq.ParquetFile(where.open("rb") if isinstance(where, RemotePath) else where)
+    where, filesystem = arrow_source(piece.path)  # a local path or an object-storage URI
+    part = pq.ParquetFile(where, filesystem=filesystem)
     meta, row = part.metadata, 0
     for group in range(meta.num_row_groups):
         rows = meta.row_group(group).num_rows

@@ -160,11 +160,11 @@ def _merged(
             added = task.rows - len(task.held)
             shards.append({"rows": added, "seconds": seconds, "node": result.node})
             bar.update(task.rows)
+    nodes = len({s["node"] for s in shards})
     if progress:
-        nodes = len({s["node"] for s in shards})
         tqdm.write(f"added {plan.n:,} rows in {len(tasks)} shards on {nodes} node(s)")
     record = {
-        "engine": "ray", "shards": len(tasks), "nodes": len({s["node"] for s in shards}),
+        "engine": "ray", "shards": len(tasks), "nodes": nodes,
         "add_seconds": round(time.perf_counter() - began, 3),
         "merge_seconds": round(merge_seconds, 3), "per_shard": shards,
     }  # fmt: skip

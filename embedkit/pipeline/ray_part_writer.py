@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from embedkit.errors import InputError
-from embedkit.location import RemotePath, arrow_source, locate
+from embedkit.location import RemotePath, locate
 from embedkit.pipeline.ray_rows import EncodedRows, split_batch
 from embedkit.store.format import LatentMeta
 from embedkit.store.lock import STATE_DIR
@@ -81,10 +81,7 @@ class PartWriter:
         self.node = ray.get_runtime_context().get_node_id()
         check_run_token(folder, token, self.node)
         self.folder, self.schema, self.meta = folder, schema, meta
-        inner, filesystem = arrow_source(folder)  # a local folder, or a URI's file system
-        self.stager = PartStager(
-            inner, schema, durable=filesystem is None, filesystem=filesystem, **part
-        )
+        self.stager = PartStager(folder, schema, durable=True, **part)  # a folder or a URI
 
     def run(self, split: Any) -> Iterator[Report]:
         """Write every batch of ``split``, yielding :class:`Report` s (a streaming

@@ -16,10 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
-from embedkit.location import RemotePath, arrow_source, locate
+from embedkit.location import RemotePath, locate
 from embedkit.plugins.info import BackboneInfo
 from embedkit.store.cache import cache_mode, load_cache, remove_stale, write_cache
 from embedkit.store.format import (
@@ -28,6 +27,7 @@ from embedkit.store.format import (
     PART_GLOB,
     LatentMeta,
     missing_ids_message,
+    parquet_dataset,
     parquet_metadata,
     part_files,
     read_errors,
@@ -120,9 +120,7 @@ class LatentDataset:
 
     @cached_property
     def dataset(self) -> pads.Dataset:
-        filesystem = self.path.filesystem if self.remote else None
-        where = [arrow_source(f)[0] for f in self.files]
-        return pads.dataset(where, format="parquet", filesystem=filesystem)
+        return parquet_dataset(self.files)
 
     @property
     def schema(self) -> pa.Schema:
@@ -137,9 +135,7 @@ class LatentDataset:
     def __len__(self) -> int:
         if self.expression is not None:
             return self.dataset.count_rows(filter=self.expression)
-        if self.remote:
-            return sum(parquet_metadata(f).num_rows for f in self.files)
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        return sum(parquet_metadata(f).num_rows for f in self.files)
 
     def __repr__(self) -> str:
         return (

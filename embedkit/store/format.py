@@ -49,6 +49,7 @@ __all__ = [
     "error_files",
     "file_stamp",
     "missing_ids_message",
+    "parquet_dataset",
     "parquet_metadata",
     "part_files",
     "part_stamps",
@@ -119,6 +120,13 @@ def parquet_metadata(file: Path | RemotePath) -> pq.FileMetaData:
     """The footer of a Parquet file, local or remote."""
     where, filesystem = arrow_source(file)
     return pq.read_metadata(where, filesystem=filesystem)
+
+
+def parquet_dataset(files: Sequence[Path | RemotePath]) -> pads.Dataset:
+    """The Parquet files ``files`` (all local, or all on one file system) as one dataset."""
+    filesystem = files[0].filesystem if files and isinstance(files[0], RemotePath) else None
+    return pads.dataset([arrow_source(f)[0] for f in files], format="parquet",
+                        filesystem=filesystem)  # fmt: skip
 
 
 def read_part(file: Path | RemotePath, columns: Sequence[str] | None = None) -> pa.Table:
@@ -205,6 +213,4 @@ def read_errors(path: Path | RemotePath) -> pd.DataFrame:
     files = error_files(path)
     if not files:
         return pd.DataFrame({"source": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-    filesystem = files[0].filesystem if isinstance(files[0], RemotePath) else None
-    where = [arrow_source(f)[0] for f in files]
-    return pads.dataset(where, format="parquet", filesystem=filesystem).to_table().to_pandas()
+    return parquet_dataset(files).to_table().to_pandas()

@@ -7,8 +7,9 @@ way, and so does each part writer on a Ray worker, which hands its closed parts 
 driver to commit. Stale staged files of a killed run match ``.part-*.tmp`` and are
 deleted by the next writer.
 
-Paths are strings in a folder given apart, and the Parquet writer takes a
-``pyarrow.fs`` file system, so the stager can later write to object storage.
+The folder may be local or on object storage (a URI or
+:class:`~embedkit.location.RemotePath`): the stager writes through its ``pyarrow.fs``
+file system.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from embedkit.errors import InputError
-from embedkit.location import RemotePath
-from embedkit.store.format import META_KEY
+from embedkit.location import RemotePath, arrow_source
+from embedkit.store.format import META_KEY, parquet_metadata
 from embedkit.store.parts import parquet_options
 
 __all__ = ["STAGED_GLOB", "PartStager", "StagedPart", "check_staged", "staged_stem"]
@@ -62,13 +62,13 @@ class PartStager:
     ``rows_per_part`` rows (buffered ones count) or ``seconds_per_part`` seconds from its
     first row, never splitting a batch. :meth:`write` and :meth:`close` return the parts
     they closed. ``stem`` names each new part (its file is ``.<stem>.tmp``); ``durable``
-    fsyncs a part when it closes (a local ``folder`` only), for a committer on another
-    machine.
+    fsyncs a part when it closes (a local ``folder`` only: an object appears whole), for a
+    committer on another machine.
     """
 
     def __init__(
         self,
-        folder: str | os.PathLike,
+        folder: str | os.PathLike | RemotePath,
         schema: pa.Schema,
         *,
         rows_per_part: int,
@@ -76,16 +76,14 @@ class PartStager:
         row_group_rows: int,
         stem: Callable[[], str] = staged_stem,
         durable: bool = False,
-        filesystem: pafs.FileSystem | None = None,
     ):
-        self.folder = os.fspath(folder)
+        self.folder, self._filesystem = arrow_source(folder)
         self.schema = schema
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
         self.row_group_rows = row_group_rows
         self._stem = stem
-        self._durable = durable and filesystem is None
-        self._filesystem = filesystem
+        self._durable = durable and self._filesystem is None
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None
@@ -166,7 +164,7 @@ def check_staged(
     """Refuse to commit a staged part that is missing here, incomplete, or of another
     schema (one line each): it would otherwise become a visible, wrong part."""
     try:
-        metadata = pq.read_metadata(path.open("rb") if isinstance(path, RemotePath) else path)
+        metadata = parquet_metadata(path)
     except FileNotFoundError:
         raise InputError(
             f"{path} (a part a worker wrote) is not there as seen from this machine: the "

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from embedkit.errors import InputError
 from embedkit.files import atomic_write_table, replace_durably
-from embedkit.location import RemotePath, arrow_source, locate
+from embedkit.location import RemotePath, locate
 from embedkit.plugins.info import BackboneInfo
 from embedkit.store.format import ERRORS_DIR, LatentMeta, part_files, read_meta, read_schema
 from embedkit.store.lock import writer_lock
@@ -163,15 +163,13 @@ class LatentWriter:
     def write_table(self, table: pa.Table) -> None:
         """Buffer rows already in this dataset's schema (as :meth:`write` makes them)."""
         if self._stager is None:
-            folder, filesystem = arrow_source(self.path)
             self._stager = PartStager(
-                folder,
+                self.path,
                 self.schema,
                 rows_per_part=self.rows_per_part,
                 seconds_per_part=self.seconds_per_part,
                 row_group_rows=self.row_group_rows,
                 stem=lambda: Path(next_part_name(self.path)).stem,
-                filesystem=filesystem,
             )
         buffered = self._stager.open_rows
         closed = self._stager.write(table)
