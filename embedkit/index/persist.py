@@ -14,9 +14,9 @@ An on-disk index also names its ``.ivfdata`` lists file, made in the folder by t
 
 An index of a dataset on object storage is saved there the same way (each file appears
 whole; ``index.json`` last), under an object lock (:class:`~embedkit.store.lock.ObjectLock`).
-It is read from a local copy: the files ``index.json`` names are downloaded into
-:func:`index_cache_dir` (a file already there with the recorded size and sha256 is
-reused), checked, then read (memory-mapped) as a local index.
+It is read from a local copy (:func:`checked_files`): the files ``index.json`` names are
+downloaded into :func:`index_cache_dir` (a file already there with the recorded size and
+sha256 is reused), checked once, then read (memory-mapped) as a local index.
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ __all__ = [
     "CHECKED_FILES",
     "LOCK_SECONDS",
     "IndexFiles",
+    "checked_files",
     "file_check",
     "file_of",
     "index_cache_dir",
     "index_lock",
-    "local_copy",
     "read_index_files",
     "read_info",
     "read_recall",
@@ -224,18 +224,25 @@ def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
     return faiss.read_index(str(path), flags)
 
 
-def _verify(path: Path, expected: dict[str, Any] | None, latents: Path) -> None:
-    """Refuse ``path`` unless its size, then its sha256, are those ``index.json`` records."""
+def _same_content(path: Path, expected: dict[str, Any]) -> bool:
+    """Whether ``path`` has the recorded size, then sha256 (a truncation costs no hashing)."""
+    if path.stat().st_size != expected.get("size"):
+        return False
+    return file_check(path)["sha256"] == expected.get("sha256")
+
+
+def _verify(path: Path, expected: dict[str, Any] | None, latents: Any, shown: Any = None) -> None:
+    """Refuse ``path`` (named ``shown`` in messages) unless its size, then its sha256,
+    are those ``index.json`` records."""
     if expected is None:
         raise InputError(
             f"{path.parent / INFO_FILE} has no file digests (written by an older embedkit); "
             f"re-run `embedkit index {latents}`"
         )
-    size_ok = path.stat().st_size == expected.get("size")  # cheap: a truncation costs no hashing
-    if not size_ok or file_check(path)["sha256"] != expected.get("sha256"):
+    if not _same_content(path, expected):
         raise InputError(
-            f"the index file {path} does not match {INFO_FILE} (truncated or replaced); "
-            f"re-run `embedkit index {latents}`"
+            f"the index file {shown or path} does not match {INFO_FILE} (truncated or "
+            f"replaced); re-run `embedkit index {latents}`"
         )
 
 
@@ -246,36 +253,32 @@ def index_cache_dir(folder: RemotePath) -> Path:
     return Path(base) / "indexes" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
 
 
-def _matches(path: Path, expected: dict[str, Any]) -> bool:
-    if not path.is_file() or path.stat().st_size != expected.get("size"):
-        return False
-    return file_check(path)["sha256"] == expected.get("sha256")
-
-
-def local_copy(folder: Path | RemotePath, info: IndexInfo, names: list[str], latents: Any) -> Path:
-    """``folder`` itself when local. For an index on object storage, the local folder
-    (:func:`index_cache_dir`) holding its files ``names`` as ``info`` records them: a
-    copy already there with the recorded size and sha256 is used, any other downloaded
-    and checked; copies of files ``info`` no longer names are removed when old."""
+def checked_files(
+    folder: Path | RemotePath, info: IndexInfo, names: list[str], latents: Any
+) -> Path:
+    """The local folder to read the files ``names`` from, each checked once against
+    ``info`` (size and sha256): ``folder`` itself when local. For an index on object
+    storage, :func:`index_cache_dir`: a copy already there with the recorded size and
+    sha256 is used, any other downloaded and checked; copies of files ``info`` no longer
+    names are removed when old."""
     if not isinstance(folder, RemotePath):
+        for name in names:
+            _verify(folder / name, info.files.get(name), latents)
         return folder
     local = index_cache_dir(folder)
     local.mkdir(parents=True, exist_ok=True)
     for name in names:
-        expected = info.files.get(name)
-        if expected is None or _matches(local / name, expected):
+        expected, copy = info.files.get(name), local / name
+        if expected is not None and copy.is_file() and _same_content(copy, expected):
             continue
-        with (
-            atomic_path(local / name) as tmp,
-            (folder / name).open("rb") as src,
-            open(tmp, "wb") as out,
-        ):
-            shutil.copyfileobj(src, out, _CHUNK)
-        if not _matches(local / name, expected):
-            raise InputError(
-                f"the index file {folder / name} does not match {INFO_FILE} (truncated or "
-                f"replaced); re-run `embedkit index {latents}`"
-            )
+        if expected is not None:
+            with (
+                atomic_path(copy) as tmp,
+                (folder / name).open("rb") as src,
+                open(tmp, "wb") as out,
+            ):
+                shutil.copyfileobj(src, out, _CHUNK)
+        _verify(copy, expected, latents, shown=folder / name)
     old = time.time() - PRUNE_SECONDS
     for path in local.iterdir():
         unnamed = path.name not in info.files and not path.name.startswith(".")
@@ -298,9 +301,8 @@ def read_index_files(folder: Path, ds: LatentDataset, mmap: bool, info: IndexInf
     names = {role: file_of(info, role) for role in ("index", "ids")}
     lists = file_of(info, "lists")  # an on-disk index: read from its folder, read-only
     try:
-        local = local_copy(folder, info, [name for name in names.values() if name], ds.path)
-        for name in [*names.values(), *([lists] if lists else [])]:
-            _verify(local / (name or INFO_FILE), info.files.get(name or ""), ds.path)
+        checked = [name or INFO_FILE for name in [*names.values(), *([lists] if lists else [])]]
+        local = checked_files(folder, info, checked, ds.path)
         path = local / names["index"]
         index = read_on_disk(path) if lists else _read_faiss(path, mmap)
         table = pq.read_table(local / names["ids"])
@@ -325,8 +327,7 @@ def read_recall(folder: Path, info: IndexInfo) -> RecallSet | None:
     if name is None:
         return None
     try:
-        local = local_copy(folder, info, [name], folder.parent)
-        _verify(local / name, info.files[name], folder.parent)
+        local = checked_files(folder, info, [name], folder.parent)
         return read_recall_set(local / name)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(
