@@ -23,7 +23,6 @@ from same_dataset import assert_same_dataset, by_id
 import embedkit
 from embedkit import BackboneError, EmbedkitError, InputError, open_latents
 from embedkit.cli import main
-from embedkit.images.corpus import make_shapes
 from embedkit.pipeline.ray_cluster import ACTORS_ENV, MISSING_RAY, one_line_error, plan_resources
 from embedkit.pipeline.ray_part_writer import check_run_token, publish_run_token
 from embedkit.pipeline.ray_writes import WRITES_ENV
@@ -50,20 +49,6 @@ def ray_cluster() -> Iterator[object]:
     yield ray
     if started:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """labels.parquet of 200 32px shapes (id, path and seven carried columns)."""
-    return make_shapes(tmp_path_factory.mktemp("shapes"), n=N, size=32)
-
-
-@pytest.fixture(scope="module")
-def local_out(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shapes embedded by the local engine: what the Ray engine must reproduce."""
-    out = tmp_path_factory.mktemp("local") / "lat"
-    embedkit.embed(shapes, "pixels", out, num_workers=0, batch_size=32, progress=False)
-    return out
 
 
 def run_ray(source, out: Path, backbone="pixels", **kwargs) -> embedkit.EmbedResult:

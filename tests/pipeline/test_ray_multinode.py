@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 from same_dataset import assert_same_dataset
 
-import embedkit
 from embedkit import open_latents
-from embedkit.images.corpus import make_shapes
 
 N = 160
 NODES = 3
@@ -123,18 +121,6 @@ def drive(cluster, source: Path, out: Path, marks: Path, kill_after: int = 0) ->
 
 def nodes_that(marks: Path, stage: str) -> set[str]:
     return {p.name.split("-", 1)[1] for p in marks.glob(f"{stage}-*")}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shapes(tmp_path_factory.mktemp("shapes"), n=N, size=32)
-
-
-@pytest.fixture(scope="module")
-def local_out(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("local") / "lat"
-    embedkit.embed(shapes, "pixels", out, num_workers=0, batch_size=32, progress=False)
-    return out
 
 
 def test_work_is_spread_over_the_nodes(cluster, shapes: Path, local_out: Path, tmp_path: Path):
