@@ -6,6 +6,7 @@ multi-node cluster is in tests/pipeline/test_ray_multinode.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +201,13 @@ def test_ray_build_merges_shards_into_lists_on_disk(latents: Path, local_ray):
     assert np.array_equal(local.search(queries, 10)[1], sharded.search(queries, 10)[1])
     loaded = load_index(latents)
     assert np.array_equal(local.search(queries, 10)[1], loaded.search(queries, 10)[1])
+
+
+def test_a_part_changed_since_the_plan_is_refused_by_its_shard(latents: Path):
+    plan = plan_build(latents, kind="ivf", recall_sample=0, sharding=Sharding(2))
+    plan.index.train(clustered(5_000, 9))
+    task = plan_shards(plan.parts, plan.query_pos, 2, "cosine", DIM)[0]
+    piece = task.pieces[0]
+    moved = dataclasses.replace(task, pieces=(dataclasses.replace(piece, size=piece.size + 1),))
+    with pytest.raises(InputError, match=r"changed while the index was built; run `embedkit index"):
+        add_shard(moved, to_bytes(plan.index), np.zeros((0, DIM), "f4"), 10)
